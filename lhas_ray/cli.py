@@ -1,0 +1,106 @@
+"""``lhas-ray``: run | demo | validate | report | tune. The only entry point, also inside ``ray job submit``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from lhas_ray.config import ConfigError, ExperimentConfig, load_config
+
+DEMO_OUTPUT = "outputs/demo"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lhas-ray", description="Long-horizon data selection experiments on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_common(sp: argparse.ArgumentParser, config: bool = True) -> None:
+        if config:
+            sp.add_argument("config", help="experiment YAML, or a packaged config name (demo, study, ...)")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set training.lr=1e-3 --set stages.0.budget=50")
+
+    run = sub.add_parser("run", help="run (or resume) an experiment")
+    add_common(run)
+    run.add_argument("--output", "-o", help="results folder or URI (default: the config's 'output')")
+    run.add_argument("--ray-address", help="'auto' inside `ray job submit`; default: start a local Ray")
+    run.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+
+    demo = sub.add_parser("demo", help="run the packaged demo config on the embedded default")
+    add_common(demo, config=False)
+    demo.add_argument("--output", "-o", default=DEMO_OUTPUT, help=f"results folder (default {DEMO_OUTPUT})")
+    demo.add_argument("--ray-address", help="'auto' inside `ray job submit`; default: start a local Ray")
+    demo.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+
+    val = sub.add_parser("validate", help="check a config without starting Ray")
+    add_common(val)
+
+    rep = sub.add_parser("report", help="write OUT/report.html (and report.md) for a finished run")
+    rep.add_argument("output", help="the run's results folder")
+    return p
+
+
+def accuracy_matrices(out: str) -> str:
+    """The closing table: R[t, j] per selector (mean over seeds), as text."""
+    import pandas as pd
+
+    from lhas_ray.store import ResultStore
+
+    table = ResultStore(out).read_table("metrics")
+    if table is None:
+        return "(no committed results)"
+    df = table.to_pandas()
+    df = df[(df.metric == "accuracy") & (df.skill == "all") & df.eval_stage.notna()]
+    lines = []
+    for selector, g in df.groupby("selector", sort=True):
+        mat = g.pivot_table(index="stage", columns="eval_stage", values="value", aggfunc="mean")
+        mat.columns = [f"eval{int(c)}" for c in mat.columns]
+        mat.index = [f"after stage {i}" for i in mat.index]
+        n_seeds = g.seed.nunique()
+        lines.append(f"\n{selector}  (accuracy, mean of {n_seeds} seed{'s' if n_seeds > 1 else ''})")
+        lines.append(pd.DataFrame(mat).to_string(float_format=lambda v: f"{v:.3f}"))
+    return "\n".join(lines)
+
+
+def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool) -> int:
+    from lhas_ray.protocol import run_experiment
+
+    start = time.perf_counter()
+    run_experiment(cfg, out, address)
+    print(f"\nfinished in {time.perf_counter() - start:.0f}s; results in {out}")
+    print(accuracy_matrices(out))
+    if report:
+        from lhas_ray.report import write_report
+
+        print(f"\nreport: {write_report(out)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.command == "report":
+            from lhas_ray.report import write_report
+
+            print(write_report(args.output))
+            return 0
+        cfg = load_config("demo" if args.command == "demo" else args.config, args.overrides)
+        if args.command == "validate":
+            print(f"{args.config}: valid ({len(cfg.stages)} stages, {len(cfg.selectors)} selectors, {len(cfg.seeds)} seeds)")
+            return 0
+        out = args.output or cfg.output
+        if not out:
+            raise ConfigError("no output folder: pass --output OUT or set 'output' in the config")
+        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+        return _run(cfg, out, args.ray_address, report=not args.no_report)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"lhas-ray: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Typed experiment configs: YAML in, dotted ``--set`` overrides, and one place where a bad value is caught.
+
+Every field carries its documentation where it is declared. ``load_config`` fails before any Ray work, with a
+message that names the field (``stages.1.budget``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    """Base for every config group: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Strict):
+    """Low-rank adapters through peft; gradient features then cover the LoRA parameters, as LESS does."""
+
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; None lets peft choose.")
+
+
+class ModelConfig(_Strict):
+    """Which causal LM to fine-tune: the built-in tiny GPT-2 with a character tokenizer, or a HF model by path/id."""
+
+    name: str = Field("tiny-gpt2", description="'tiny-gpt2' (built in), or a local path / hub id of a HF causal LM.")
+    n_layer: int = Field(2, ge=1, le=48, description="tiny-gpt2 only: transformer blocks.")
+    n_embd: int = Field(64, ge=8, description="tiny-gpt2 only: hidden size (a multiple of n_head).")
+    n_head: int = Field(4, ge=1, description="tiny-gpt2 only: attention heads.")
+    max_length: int = Field(64, ge=8, le=32768, description="Longest prompt+answer in tokens; longer ones are cut.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype for training.")
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.name == "tiny-gpt2" and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class PoolConfig(_Strict):
+    """How a stage's candidate pool is made from the built-in suite: shares of target/related/unrelated skills."""
+
+    source: Literal["builtin"] = Field("builtin", description="Where pool examples come from.")
+    size: int = Field(2000, ge=1, description="Candidate pool size N_t.")
+    target_share: float = Field(0.4, ge=0, le=1, description="Share of the pool from the stage's target skills.")
+    related_share: float = Field(0.3, ge=0, le=1, description="Share from skills related to the targets.")
+    noise: float = Field(0.1, ge=0, lt=1, description="Share of examples whose answer is corrupted (label noise).")
+    duplicates: float = Field(0.05, ge=0, lt=1, description="Share of examples that are near-duplicates of others.")
+
+    @model_validator(mode="after")
+    def _shares(self) -> PoolConfig:
+        if self.target_share + self.related_share > 1 + 1e-9:
+            raise ValueError(
+                f"target_share + related_share = {self.target_share + self.related_share:g} exceeds 1; "
+                "the rest of the pool is unrelated skills"
+            )
+        return self
+
+
+class StageConfig(_Strict):
+    """One fine-tuning stage: its target skills, its pool, the budget k_t and the sets it is judged on."""
+
+    name: str = Field(..., min_length=1, description="Stage name, used in logs and the report.")
+    targets: list[str] = Field(..., min_length=1, description="Target skills of this stage (built-in suite names).")
+    budget: int = Field(..., ge=1, description="k_t: how many pool examples the selector keeps.")
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="The candidate pool.")
+    eval_size: int = Field(100, ge=1, description="Eval examples per target skill.")
+    ood: list[Literal["length", "format"]] = Field(
+        default_factory=lambda: ["length", "format"], description="OOD sets of this stage: longer inputs, unseen format."
+    )
+    ood_size: int = Field(50, ge=1, description="Examples per target skill in each OOD set.")
+    probe_size: int = Field(100, ge=1, description="Size of this stage's fixed probe sample (used after stage t-1).")
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> StageConfig:
+        if self.budget > self.pool.size:
+            raise ValueError(f"budget ({self.budget}) is larger than the pool (pool.size = {self.pool.size})")
+        return self
+
+
+class DataConfig(_Strict):
+    """Settings of the built-in controlled suite that hold across stages."""
+
+    seed: int = Field(0, description="Data seed: same seed, same suite, byte for byte.")
+    min_len: int = Field(2, ge=1, description="Shortest operand (characters/digits) in-distribution.")
+    max_len: int = Field(6, ge=1, description="Longest operand in-distribution; OOD 'length' sets go beyond it.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DataConfig:
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) is larger than max_len ({self.max_len})")
+        return self
+
+
+class SelectorConfig(_Strict):
+    """A selector by registry name, with its parameters; ``label`` names it in results (defaults to name)."""
+
+    name: str = Field(..., description="Registry name, see lhas_ray.selection.available_selectors().")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of the selector.")
+    label: str | None = Field(None, description="Name in results; needed when one selector appears twice.")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class WarmupConfig(_Strict):
+    """The broad warm-up that makes the base checkpoint (stage 0): every skill a little, before any selection."""
+
+    steps: int = Field(300, ge=0, description="Warm-up steps; 0 uses the model as loaded as the base.")
+    size: int = Field(2000, ge=1, description="Warm-up examples, spread over every skill of the suite.")
+    lr: float = Field(3e-3, gt=0, description="Warm-up learning rate.")
+
+
+class TrainingConfig(_Strict):
+    """How each stage trains (Ray Train + DeepSpeed)."""
+
+    steps: int = Field(100, ge=1, description="Optimizer steps per stage.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(32, ge=1, description="Global batch size per step (split over workers).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3); configs in training/deepspeed/.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers per trajectory.")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per Train worker.")
+    eval_every: int = Field(25, ge=1, description="Log loss and stage-eval accuracy every N steps.")
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="The warm-up that makes the base model.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainingConfig:
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_workers ({self.num_workers})")
+        return self
+
+
+class ProbeConfig(_Strict):
+    """Future-adaptation probe: a short fine-tune from checkpoint t on stage t+1's fixed probe sample."""
+
+    steps: int = Field(30, ge=1, description="Probe fine-tuning steps.")
+    lr: float = Field(1e-3, gt=0, description="Probe learning rate.")
+    eval_every: int = Field(5, ge=1, description="Evaluate the probe on stage t+1's eval set every N steps.")
+
+
+class ScoringConfig(_Strict):
+    """How candidate pools are scored with the current model (Ray Data)."""
+
+    mode: Literal["shards", "actor_pool"] = Field(
+        "shards", description="'shards': the Train workers score their Ray Data shards; 'actor_pool': map_batches actors."
+    )
+    batch_size: int = Field(256, ge=1, description="Examples per scoring batch.")
+    actor_pool_size: int = Field(2, ge=1, description="actor_pool mode: scoring actors.")
+    grad_dim: int = Field(64, ge=1, description="Dimension of the random projection of per-example gradients.")
+    grad_params: list[str] = Field(
+        default_factory=lambda: ["last_block", "lm_head"],
+        description="Parameters whose gradients are projected: 'last_block', 'lm_head', or name substrings.",
+    )
+
+
+class EvaluationConfig(_Strict):
+    """How checkpoints are evaluated and how trajectory metrics are read."""
+
+    batch_size: int = Field(256, ge=1, description="Examples per evaluation batch.")
+    lca_beta: int | None = Field(None, ge=1, description="LCA over the first beta probe steps; None = all.")
+    probe_threshold: float = Field(0.5, ge=0, le=1, description="Probe accuracy for steps_to_threshold.")
+
+
+class RayConfig(_Strict):
+    """Where Ray runs: an existing cluster (address) or a local instance sized to this machine."""
+
+    address: str | None = Field(None, description="'auto' inside `ray job submit`; None starts a local instance.")
+    num_cpus: int | None = Field(None, ge=1, description="Local instance only: CPUs to give Ray (None = all).")
+    concurrent_trajectories: int = Field(
+        1, ge=1, description="Trajectory groups run side by side; each group pays Train start-up once for all its stages."
+    )
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment: the model, the stages, the selectors compared, the seeds, and where results go."""
+
+    name: str = Field("experiment", description="Experiment name, shown in the report.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The causal LM.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The built-in suite.")
+    stages: list[StageConfig] = Field(..., min_length=1, description="The stages, in order (at least one).")
+    selectors: list[SelectorConfig] = Field(..., min_length=1, description="Selectors to compare.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Trajectory seeds.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Stage training.")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="Future-adaptation probe.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Pool scoring.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
+    output: str | None = Field(None, description="Results folder or URI; the CLI's --output wins.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        from lhas_ray.selection import available_selectors
+        from lhas_ray.tasks.builtin import SKILLS
+
+        known = available_selectors()
+        for i, sel in enumerate(self.selectors):
+            if sel.name not in known:
+                raise ValueError(f"selectors.{i}.name: unknown selector {sel.name!r}; available: {sorted(known)}")
+        keys = [s.key for s in self.selectors]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"selectors: duplicate names {keys}; give repeated selectors distinct 'label's")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages: duplicate stage names {names}")
+        for i, stage in enumerate(self.stages):
+            unknown = [t for t in stage.targets if t not in SKILLS]
+            if unknown:
+                raise ValueError(f"stages.{i}.targets: unknown skill(s) {unknown}; built-in skills: {sorted(SKILLS)}")
+        return self
+
+    def selector(self, key: str) -> SelectorConfig:
+        return next(s for s in self.selectors if s.key == key)
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with every problem on its own line, each naming its field."""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the documented fields in lhas_ray/config.py)"
+        lines.append(f"  {loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override's value as YAML (so 1e-3, true, [a, b] work), with a safe loader."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides; list items by index (``stages.0.budget=50``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        path, value = item.split("=", 1)
+        parts = path.strip().split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: depth + 1]), create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, path)
+            node[idx] = _parse_value(value)
+        else:
+            node[last] = _parse_value(value)
+    return raw
+
+
+def _index(node: list, part: str, path: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"override {path!r}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def _child(node: Any, part: str, path: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {path!r}: cannot descend into a {type(node).__name__}")
+    if part not in node or node[part] is None:
+        node[part] = {}
+    return node[part]
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config path as given, or a packaged config by bare name (``demo`` -> lhas_ray/configs/demo.yaml)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    packaged = PACKAGED_CONFIGS / (p.name if p.suffix else f"{p.name}.yaml")
+    if packaged.exists() and p.parent == Path("."):
+        return packaged
+    raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {sorted(c.stem for c in PACKAGED_CONFIGS.glob('*.yaml'))})")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (safe loader), apply overrides, validate; raise ConfigError naming each bad field."""
+    p = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {p} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {p} must be a mapping of fields, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(p))
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> ExperimentConfig:
+    """Validate a config mapping; raise ConfigError naming each bad field."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML that ``load_config`` accepts again."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+Budget = Annotated[int, Field(ge=1)]

@@ -1,0 +1,108 @@
+"""Model and tokenizer factory: the built-in tiny GPT-2 with a character tokenizer, or any HF causal LM by path.
+
+Both kinds save and load through ``save_pretrained`` / ``from_pretrained`` (safetensors weights, a plain
+``tokenizer.json``), so a checkpoint of the tiny default is an ordinary Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from itertools import chain
+
+import numpy as np
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from lhas_ray.config import ModelConfig
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+CHARS = string.ascii_letters + string.digits + string.punctuation + " "
+BUILTIN = "tiny-gpt2"
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character, built from the ``tokenizers`` library so it saves as a plain tokenizer.json."""
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def build_model(cfg: ModelConfig, seed: int) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """A fresh model and its tokenizer: tiny GPT-2 initialised from ``seed``, or a pretrained model from cfg.name."""
+    if cfg.name != BUILTIN:
+        return load_pretrained(cfg.name, cfg)
+    tokenizer = char_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.max_length,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return model, tokenizer
+
+
+def load_pretrained(path: str, cfg: ModelConfig | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """Load a HF causal LM and tokenizer from a local folder (or a hub id on a cluster with network).
+
+    Weights load as safetensors where present; ``torch.load`` fallbacks in transformers use ``weights_only``.
+    """
+    if os.path.sep in path and not os.path.isdir(path):
+        raise FileNotFoundError(f"model path {path!r} does not exist")
+    dtype = getattr(torch, cfg.dtype) if cfg else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer, path: str) -> str:
+    """Save model (safetensors) and tokenizer into one HF folder."""
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise prompt+answer+EOS, right-padded; ``labels`` are -100 except on answer tokens (and EOS).
+
+    Accuracy and loss are on the answer only: the prompt conditions, the answer is what is learnt.
+    """
+    eos = tokenizer.eos_token or ""
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer([a + eos for a in answers], add_special_tokens=False)["input_ids"]
+    p_len = np.fromiter(map(len, p_ids), dtype=np.int64, count=len(p_ids))
+    a_len = np.fromiter(map(len, a_ids), dtype=np.int64, count=len(a_ids))
+    seq_len = p_len + a_len
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(zip(p_ids, a_ids, strict=True))), dtype=np.int64)
+    # scatter the ragged token lists into a padded matrix without a loop over rows
+    row = np.repeat(np.arange(len(seq_len)), seq_len)
+    col = np.arange(len(flat)) - np.repeat(np.cumsum(seq_len) - seq_len, seq_len)
+    keep = col < max_length
+    lengths = np.minimum(seq_len, max_length)
+    width = max(int(lengths.max()) if len(lengths) else 1, 1)
+    ids = np.full((len(seq_len), width), tokenizer.pad_token_id, dtype=np.int64)
+    labels = np.full((len(seq_len), width), -100, dtype=np.int64)
+    ids[row[keep], col[keep]] = flat[keep]
+    is_answer = keep & (col >= p_len[row])
+    labels[row[is_answer], col[is_answer]] = flat[is_answer]
+    attention = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(attention),
+        "labels": torch.from_numpy(labels),
+    }

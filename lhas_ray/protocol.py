@@ -1,0 +1,394 @@
+"""The multi-stage selection protocol (DESIGN.md), read top to bottom like a recipe.
+
+For each selector s, seed r and stage t, from the base checkpoint: score pool t with the current model, select k_t
+examples, train on them (DeepSpeed), evaluate on every stage's eval and OOD sets, then probe adaptation to stage t+1.
+Every stage commits its rows to the store before the next begins; a rerun skips what is complete.
+
+Where fixed costs are paid: ``run_experiment`` starts Ray once per run. Trajectories are packed into groups
+(``ray.concurrent_trajectories`` of them) and each group is ONE ``TorchTrainer.fit()`` whose workers run all its
+trajectories and stages (``trajectory_worker``), so Train worker start-up (30-36 s here) is paid once per group, not
+once per stage. Pools reach the workers as Ray Data shards, scored by the same workers that train.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.train
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from lhas_ray.config import ExperimentConfig, dump_config
+from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
+from lhas_ray.model import build_model
+from lhas_ray.scoring.score import Scorer
+from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard
+from lhas_ray.selection import SelectionContext, get_selector
+from lhas_ray.store import ResultStore, Unit
+from lhas_ray.tasks import Suite, build_suite
+from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from lhas_ray.training.dist import broadcast_object, rank
+from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
+from lhas_ray.training.stage import train_steps
+
+log = logging.getLogger("lhas_ray.protocol")
+
+
+# --- the worker side: one Train worker group runs whole trajectories ---------------------------------------
+
+
+@dataclass
+class Timer:
+    """Wall seconds per phase of one unit of work."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.t0
+
+        return _Span()
+
+
+def eval_sets(suite: Suite) -> list[EvalSet]:
+    """Every stage's eval set and every OOD set: what each checkpoint is judged on (row t of R)."""
+    sets = [EvalSet(f"eval/stage{s.index}", s.eval, s.index) for s in suite.stages]
+    for s in suite.stages:
+        sets += [EvalSet(f"ood/stage{s.index}-{name.split('/')[-1]}", t, None) for name, t in s.ood.items()]
+    return sets
+
+
+def _rows_table(rows: list[dict], **keys) -> pa.Table:
+    """Long-format rows plus the unit's key columns."""
+    n = len(rows)
+    cols = {k: [v] * n for k, v in keys.items()}
+    for name in rows[0] if rows else []:
+        cols[name] = [r[name] for r in rows]
+    table = pa.table(cols)
+    for name in ("seed", "stage", "step", "eval_stage"):
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.int64()))
+    return table
+
+
+class TrajectoryRunner:
+    """Runs trajectories inside one Train worker (all ranks together); rank 0 writes to the store."""
+
+    def __init__(self, cfg: ExperimentConfig, store: ResultStore, suite: Suite, cache_dir: str):
+        self.cfg, self.store, self.suite, self.cache_dir = cfg, store, suite, cache_dir
+        self.sets = eval_sets(suite)
+        self.world = ray.train.get_context().get_world_size()
+        self.ds_config = deepspeed_config(cfg.training, cfg.model, self.world)
+        self._base_rows: dict[int, list[dict]] = {}
+
+    # ---- building blocks ----
+    def _engine(self, model, lr: float, steps: int):
+        return make_engine(model, self.ds_config, lr, self.cfg.training.weight_decay, steps)
+
+    def _load(self, relpath: str):
+        return load_checkpoint(self.store, relpath, self.cfg.model, self.cache_dir)
+
+    def _accuracy(self, model, tokenizer, eset: EvalSet) -> dict[str, float]:
+        rows = evaluate_sets(model, tokenizer, [eset], self.cfg.model.max_length, self.cfg.evaluation.batch_size)
+        return {r["metric"]: r["value"] for r in rows if r["skill"] == "all"}
+
+    def _commit(self, unit: Unit, metrics=None, curves=None, timings=None, extra=None) -> None:
+        """Write the unit's parts, then its commit marker (rank 0); all ranks wait for it."""
+        if rank() == 0:
+            keys = {"selector": unit.selector, "seed": unit.seed, "stage": unit.stage}
+            for name, rows in (("metrics", metrics), ("curves", curves), ("timings", timings)):
+                if rows:
+                    self.store.write_part(name, unit, _rows_table(rows, **keys))
+            for relpath, table in (extra or {}).items():
+                self.store.write_parquet(relpath, table)
+            self.store.commit(unit)
+        ray.train.report({"selector": unit.selector, "seed": unit.seed, "stage": unit.stage, **self._summary(metrics)})
+
+    def _summary(self, metrics) -> dict[str, float]:
+        """Per-stage accuracies for Ray's own result (and Tune): R[t, j] for every stage j."""
+        return {
+            f"acc_{r['eval_set'].replace('/', '_')}": r["value"]
+            for r in metrics or []
+            if r["skill"] == "all" and r["metric"] == "accuracy"
+        }
+
+    # ---- stage 0: the seed's base checkpoint ----
+    def ensure_base(self, seed: int) -> tuple[list[dict], dict[str, float]]:
+        """Make the seed's base checkpoint (broad warm-up through DeepSpeed) unless it exists; return its curve."""
+        relpath = checkpoint_path("", seed, 0)
+        if broadcast_object(self.store.exists(relpath, "config.json") if rank() == 0 else None):
+            return [], {}
+        timer = Timer()
+        warm = self.cfg.training.warmup
+        model, tokenizer = build_model(self.cfg.model, seed)
+        curve: list[dict] = []
+        if warm.steps:
+            with timer("warmup"):
+                engine = self._engine(model, warm.lr, warm.steps)
+                curve = train_steps(
+                    engine, tokenizer, self.suite.warmup, steps=warm.steps, global_batch=self.cfg.training.batch_size,
+                    max_length=self.cfg.model.max_length, seed=seed, eval_every=warm.steps,
+                )
+                model = engine.module
+        with timer("checkpoint"):
+            save_checkpoint(model, tokenizer, self.store, relpath)
+        return curve, timer.seconds
+
+    def base_unit(self, selector: str, seed: int, fixed_costs: dict[str, float]) -> None:
+        """Stage 0 of a trajectory: the base model on every eval set (computed once per seed and worker)."""
+        curve, seconds = self.ensure_base(seed)
+        timer = Timer({**fixed_costs, **seconds})
+        if seed not in self._base_rows:
+            with timer("evaluation"):
+                model, tokenizer = self._load(checkpoint_path("", seed, 0))
+                self._base_rows[seed] = evaluate_sets(
+                    model, tokenizer, self.sets, self.cfg.model.max_length, self.cfg.evaluation.batch_size
+                )
+        timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
+        self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timings)
+
+    # ---- stage t ----
+    def stage_unit(self, selector_key: str, seed: int, t: int) -> None:
+        """Score, select, train, evaluate and probe stage t of one trajectory, then commit it."""
+        cfg, timer = self.cfg, Timer()
+        stage = self.suite.stages[t - 1]
+        sel_cfg = cfg.selector(selector_key)
+        selector = get_selector(sel_cfg.name, **sel_cfg.params)
+        model, tokenizer = self._load(checkpoint_path(selector_key, seed, t - 1))
+
+        # 1. score pool t with the current model (this worker's Ray Data shard; all gather)
+        with timer("scoring"):
+            want = set(selector.requires) - {"skill"}
+            reference = self._load(checkpoint_path("", seed, 0))[0].eval() if "quality" in want else None
+            scorer = Scorer(
+                model.eval(), tokenizer, want, max_length=cfg.model.max_length, grad_dim=cfg.scoring.grad_dim,
+                grad_params=cfg.scoring.grad_params, projection_seed=seed, reference=reference,
+            )
+            features, rows = score_shard(scorer, ray.train.get_dataset_shard(f"pool_{t}"), cfg.scoring.batch_size)
+            if "skill" in selector.requires:
+                features = features.append_column("skill", rows.column("skill"))
+            context = self._context(selector, scorer, stage, seed)
+
+        # 2. select k_t examples (rank 0), broadcast the ids
+        with timer("selection"):
+            ids = selector.select(features, stage.budget, context) if rank() == 0 else None
+            ids = np.asarray(broadcast_object(ids), dtype=np.int64)
+            position = np.searchsorted(rows.column("example_id").to_numpy(), ids)
+            selected = rows.take(pa.array(position))
+
+        # 3. train from checkpoint t-1 to checkpoint t (DeepSpeed), logging the curve on stage t's eval set
+        with timer("training"):
+            engine = self._engine(model.train(), cfg.training.lr, cfg.training.steps)
+            own = EvalSet(f"eval/stage{t}", stage.eval, t)
+            curve = train_steps(
+                engine, tokenizer, selected, steps=cfg.training.steps, global_batch=cfg.training.batch_size,
+                max_length=cfg.model.max_length, seed=seed * 1000 + t, eval_every=cfg.training.eval_every,
+                evaluate=lambda: self._accuracy(engine.module, tokenizer, own),
+            )
+        with timer("checkpoint"):
+            save_checkpoint(engine.module, tokenizer, self.store, checkpoint_path(selector_key, seed, t))
+
+        # 4. evaluate checkpoint t on every stage's eval set and every OOD set: row t of R
+        with timer("evaluation"):
+            metrics = evaluate_sets(
+                engine.module, tokenizer, self.sets, cfg.model.max_length, cfg.evaluation.batch_size
+            )
+        engine.destroy()
+
+        # 5. probe adaptation: a short fine-tune from checkpoint t on stage t+1's fixed probe sample
+        if t < len(self.suite.stages):
+            with timer("probe"):
+                curve += self.probe(selector_key, seed, t)
+
+        sel_table = selected.select(["example_id", "skill", "tags"]).append_column(
+            "order", pa.array(np.arange(len(ids), dtype=np.int64))
+        )
+        extra = {
+            f"selections/{selector_key}/s{seed}/stage{t}.parquet": sel_table,
+            f"features/{selector_key}/s{seed}/stage{t}.parquet": features,
+        }
+        timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
+        self._commit(Unit(selector_key, seed, t), metrics, curve, timings, extra)
+
+    def _context(self, selector, scorer: Scorer, stage, seed: int) -> SelectionContext:
+        """Target and future-proxy gradients/embeddings, computed only when the selector asks for them."""
+        need = set(getattr(selector, "context_fields", ()))
+        ctx = SelectionContext(seed=seed)
+        if not need:
+            return ctx
+        ref = Scorer(
+            scorer.model, scorer.tokenizer, {"grad", "emb"}, max_length=scorer.max_length,
+            grad_dim=self.cfg.scoring.grad_dim, grad_params=self.cfg.scoring.grad_params, projection_seed=seed,
+        )
+        if need & {"target_grads", "target_embs"}:
+            # the stage's target examples: its probe sample (labelled, never its eval set)
+            target = ref.score_batches([stage.probe])
+            skills = np.asarray(stage.probe.sort_by("example_id").column("skill").to_numpy(zero_copy_only=False))
+            grads = _matrix(target, "grad")
+            ctx.target_grads = np.stack([grads[skills == s].mean(0) for s in sorted(set(skills))])
+            ctx.target_embs = _matrix(target, "emb")
+        if "proxy_grad" in need:
+            ctx.proxy_grad = _matrix(ref.score_batches([self.suite.proxy]), "grad").mean(0)
+        return ctx
+
+    def probe(self, selector_key: str, seed: int, t: int) -> list[dict]:
+        """Fine-tune a copy of checkpoint t on stage t+1's probe sample; the trajectory's model is untouched."""
+        cfg = self.cfg
+        nxt = self.suite.stages[t]
+        model, tokenizer = self._load(checkpoint_path(selector_key, seed, t))
+        engine = self._engine(model.train(), cfg.probe.lr, cfg.probe.steps)
+        target = EvalSet(f"eval/stage{t + 1}", nxt.eval, t + 1)
+        rows = train_steps(
+            engine, tokenizer, nxt.probe, steps=cfg.probe.steps, global_batch=cfg.training.batch_size,
+            max_length=cfg.model.max_length, seed=seed * 1000 + t + 500, eval_every=cfg.probe.eval_every,
+            evaluate=lambda: self._accuracy(engine.module, tokenizer, target),
+        )
+        engine.destroy()
+        return [{**r, "split": "probe" if r["split"] == "eval" else "probe_train"} for r in rows]
+
+    # ---- a whole trajectory ----
+    def trajectory(self, selector_key: str, seed: int, fixed_costs: dict[str, float]) -> None:
+        """Stages 0..T of one (selector, seed), skipping committed ones (resume)."""
+        stages = range(len(self.suite.stages) + 1)
+        done = broadcast_object(
+            [self.store.is_committed(Unit(selector_key, seed, t)) for t in stages] if rank() == 0 else None
+        )
+        for t in stages:
+            if done[t]:
+                continue
+            start = time.perf_counter()
+            if t == 0:
+                self.base_unit(selector_key, seed, fixed_costs)
+            else:
+                self.stage_unit(selector_key, seed, t)
+            if rank() == 0:
+                log.info("selector=%s seed=%d stage=%d done in %.1fs", selector_key, seed, t, time.perf_counter() - start)
+
+
+def _matrix(table: pa.Table, column: str) -> np.ndarray:
+    col = table.column(column).combine_chunks()
+    return col.values.to_numpy().reshape(len(col), -1)
+
+
+def trajectory_worker(config: dict) -> None:
+    """The function Ray Train runs on every worker: all trajectories of one group, stage by stage."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    worker_start = time.time() - config["fit_started"] if "fit_started" in config else None
+    cfg = ExperimentConfig.model_validate(config["cfg"])
+    if not cfg.training.use_gpu:
+        disable_cpu_shm_op()
+    store = ResultStore(config["out"])
+    with tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
+        runner = TrajectoryRunner(cfg, store, config["suite"], cache)
+        for i, (selector_key, seed) in enumerate(config["trajectories"]):
+            fixed = dict(config.get("fixed_costs", {})) if i == 0 else {}
+            if i == 0 and worker_start is not None:
+                fixed["worker_start"] = worker_start
+            runner.trajectory(selector_key, seed, fixed)
+
+
+# --- the driver side --------------------------------------------------------------------------------------
+
+
+def ensure_same_run(store: ResultStore, cfg: ExperimentConfig) -> None:
+    """Refuse to mix runs: an output folder that holds another config's results is never written into."""
+    if store.is_run():
+        existing = store.read_bytes("config.yaml").decode()
+        if existing != dump_config(cfg):
+            raise ValueError(
+                f"{store.uri} already holds a run with a different config; use a fresh --output "
+                "(or rerun with exactly the same config to resume it)"
+            )
+    else:
+        store.write_bytes("config.yaml", dump_config(cfg).encode())
+
+
+def init_ray(cfg: ExperimentConfig, address: str | None) -> float:
+    """Connect to a cluster (address) or start a local Ray sized to this machine; returns the seconds it took."""
+    start = time.perf_counter()
+    if not ray.is_initialized():
+        addr = address or cfg.ray.address
+        if addr:
+            ray.init(address=addr, log_to_driver=True)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+    return time.perf_counter() - start
+
+
+def trajectory_groups(cfg: ExperimentConfig, store: ResultStore) -> list[list[tuple[str, int]]]:
+    """Pending (selector, seed) trajectories, dealt round-robin into ``ray.concurrent_trajectories`` groups."""
+    last = len(cfg.stages)
+    pending = [
+        (s.key, seed)
+        for seed in cfg.seeds
+        for s in cfg.selectors
+        if not store.is_committed(Unit(s.key, seed, last))
+    ]
+    n = min(cfg.ray.concurrent_trajectories, len(pending))
+    return [pending[i::n] for i in range(n)] if n else []
+
+
+def fit_group(cfg: ExperimentConfig, out: str, suite: Suite, pools: dict, group: list, fixed: dict, name: str, callbacks=None):
+    """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost)."""
+    store = ResultStore(out)
+    storage = store.local_path("_ray") or store.path("_ray")
+    trainer = TorchTrainer(
+        trajectory_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "out": out,
+            "suite": suite,
+            "trajectories": group,
+            "fixed_costs": fixed,
+            "fit_started": time.time(),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.training.num_workers,
+            use_gpu=cfg.training.use_gpu,
+            resources_per_worker={"CPU": cfg.training.cpus_per_worker, **({"GPU": 1} if cfg.training.use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.training.use_gpu else "gloo"),
+        datasets=pools,
+        dataset_config=WholePoolDataConfig(),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or []),
+    )
+    return trainer.fit()
+
+
+def pool_dataset(pool: pa.Table, num_workers: int, rows_per_block: int = 4096) -> ray.data.Dataset:
+    """A pool as a Ray Dataset of several blocks, so streaming_split can give every worker a share."""
+    n_blocks = max(num_workers * 2, -(-pool.num_rows // rows_per_block))
+    bounds = np.linspace(0, pool.num_rows, n_blocks + 1).astype(int)
+    return ray.data.from_arrow([pool.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+
+
+def run_experiment(cfg: ExperimentConfig, out: str, address: str | None = None) -> ResultStore:
+    """Run (or resume) every trajectory of the experiment into ``out``; returns the store."""
+    store = ResultStore(out)
+    ensure_same_run(store, cfg)
+    ray_start = init_ray(cfg, address)
+    suite = build_suite(cfg)
+    pools = {f"pool_{s.index}": pool_dataset(s.pool, cfg.training.num_workers) for s in suite.stages}
+    light = suite.without_pools()
+    groups = trajectory_groups(cfg, store)
+    for i, group in enumerate(groups):
+        fixed = {"ray_start": ray_start} if i == 0 else {}
+        if len(groups) == 1:
+            fit_group(cfg, out, light, pools, group, fixed, name=f"{cfg.name}-group{i}")
+    if len(groups) > 1:
+        from lhas_ray.tuning import run_groups_with_tune
+
+        run_groups_with_tune(cfg, out, light, pools, groups, {"ray_start": ray_start})
+    return store

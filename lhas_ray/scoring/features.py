@@ -1,0 +1,134 @@
+"""Per-example features from one batch: answer loss, exact match, EL2N, pooled embedding, projected gradients.
+
+All batched torch: one forward pass gives loss, exact match, EL2N and the embedding for the whole batch; per-example
+gradients come from ``torch.func.vmap(grad(...))``, never from a Python loop over examples.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+FORWARD_FEATURES = frozenset({"loss", "correct", "el2n", "emb"})
+GRAD_FEATURES = frozenset({"grad", "grad_norm"})
+
+
+def forward_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], want_emb: bool = True) -> dict[str, np.ndarray]:
+    """Loss, exact match, EL2N and mean-pooled last hidden state of every example, from one forward pass.
+
+    Exact match is "every answer token is the argmax": with teacher forcing this equals greedy-decoding exact match.
+    """
+    device = next(model.parameters()).device
+    ids = batch["input_ids"].to(device)
+    att = batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=att, output_hidden_states=want_emb)
+        logits = out.logits[:, :-1].float()
+        target = labels[:, 1:]
+        mask = target != -100
+        safe = target.clamp_min(0)
+        tok_loss = F.cross_entropy(logits.transpose(1, 2), safe, reduction="none") * mask
+        n_tok = mask.sum(1).clamp_min(1)
+        loss = tok_loss.sum(1) / n_tok
+        correct = ((logits.argmax(-1) == safe) | ~mask).all(1) & mask.any(1)
+        probs = logits.softmax(-1)
+        onehot = F.one_hot(safe, probs.shape[-1]).to(probs.dtype)
+        el2n = ((probs - onehot).norm(dim=-1) * mask).sum(1) / n_tok
+        stats = {"loss": loss, "correct": correct, "el2n": el2n}
+        if want_emb:
+            hidden = out.hidden_states[-1].float()
+            w = att.unsqueeze(-1).to(hidden.dtype)
+            stats["emb"] = (hidden * w).sum(1) / w.sum(1).clamp_min(1)
+    return {k: v.cpu().numpy() for k, v in stats.items()}
+
+
+def select_grad_params(model: torch.nn.Module, spec: list[str]) -> dict[str, torch.nn.Parameter]:
+    """The parameters whose per-example gradients are projected: 'last_block', 'lm_head', or name substrings.
+
+    With LoRA on, only trainable (adapter) parameters qualify, as in LESS.
+    """
+    named = dict(model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    if len(trainable) < len(named):  # adapters: LESS takes gradients of the LoRA parameters
+        return {n: named[n] for n in sorted(trainable)}
+    chosen: set[str] = set()
+    for item in spec:
+        if item == "last_block":
+            blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
+            if blocks is None:
+                raise ValueError("scoring.grad_params: 'last_block' needs a model with a list of blocks")
+            ids = {id(p) for p in blocks[-1].parameters()}
+            chosen |= {n for n, p in named.items() if id(p) in ids}
+        elif item == "lm_head":
+            ids = {id(p) for p in model.get_output_embeddings().parameters()}
+            chosen |= {n for n, p in named.items() if id(p) in ids}
+        else:
+            matches = {n for n in named if item in n}
+            if not matches:
+                raise ValueError(f"scoring.grad_params: no parameter name contains {item!r}")
+            chosen |= matches
+    return {n: named[n] for n in sorted(chosen)}
+
+
+class GradientProjector:
+    """Seeded Gaussian random projection of flattened per-example gradients to d dims (as TRAK and LESS do).
+
+    The matrix is generated per parameter from (seed, parameter index), so every worker builds the same one
+    without communication; it is cached when it fits in ``cache_elements`` floats and regenerated otherwise.
+    """
+
+    def __init__(self, shapes: dict[str, torch.Size], dim: int, seed: int, cache_elements: int = 1 << 26):
+        self.names = list(shapes)
+        self.sizes = [int(np.prod(s)) for s in shapes.values()]
+        self.dim = dim
+        self.seed = seed
+        total = sum(self.sizes) * dim
+        self._cache = [self._matrix(i) for i in range(len(self.names))] if total <= cache_elements else None
+
+    def _matrix(self, i: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return torch.randn(self.sizes[i], self.dim, generator=gen) / np.sqrt(self.dim)
+
+    def __call__(self, grads: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """(unit-normalised projected gradients [B, d], full gradient norms [B])."""
+        proj = None
+        sq = None
+        for i, name in enumerate(self.names):
+            g = grads[name].flatten(1).float()
+            m = self._cache[i] if self._cache is not None else self._matrix(i)
+            part = g @ m.to(g.device)
+            proj = part if proj is None else proj + part
+            sq = g.pow(2).sum(1) if sq is None else sq + g.pow(2).sum(1)
+        norm = sq.sqrt()
+        unit = proj / proj.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return unit.cpu().numpy().astype(np.float32), norm.cpu().numpy().astype(np.float32)
+
+
+def per_example_grads(
+    model: torch.nn.Module, params: dict[str, torch.nn.Parameter], batch: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Gradient of each example's answer loss w.r.t. ``params``, batched with vmap.
+
+    Inputs go in as embeddings with no attention mask: right padding plus causal attention means answer positions
+    never see the padding, and this keeps HF's mask helpers (data-dependent branches) out of vmap.
+    """
+    device = next(model.parameters()).device
+    detached = {n: p.detach() for n, p in params.items()}
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(batch["input_ids"].to(device))
+    labels = batch["labels"].to(device)
+
+    def loss_fn(p: dict[str, torch.Tensor], emb: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, p, args=(), kwargs={"inputs_embeds": emb[None]}, strict=False).logits
+        return F.cross_entropy(logits[0, :-1].float(), lab[1:], ignore_index=-100)
+
+    # torch.func.grad differentiates w.r.t. its argument even under no_grad, which stops autograd from also
+    # recording the closed-over (frozen) parameters
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", message=".*batching rule.*")  # SDPA on CPU falls back to a slower rule
+        return vmap(grad(loss_fn), in_dims=(None, 0, 0))(detached, embeds, labels)

@@ -1,0 +1,47 @@
+"""Scoring inside the Train worker group: each worker scores its Ray Data shard of the pool, then all gather.
+
+This is the default path: the workers already hold the current model, so scoring costs no extra start-up. Ray
+Train's default split (``streaming_split(equal=True)``) drops rows to equalise shards; a pool must be scored
+whole, so ``WholePoolDataConfig`` splits with ``equal=False``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from ray.train import DataConfig
+
+from lhas_ray.scoring.score import Scorer, features_table
+from lhas_ray.training.dist import all_gather_objects
+
+ROW_COLUMNS = ["example_id", "skill", "prompt", "answer", "tags"]
+
+
+class WholePoolDataConfig(DataConfig):
+    """Split every dataset across workers without dropping rows (shards may differ by a block)."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        hints = worker_node_ids if self._enable_shard_locality else None
+        for name, ds in datasets.items():
+            ds = ds.copy(ds)
+            if ds.name is None:
+                ds.set_name(name)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
+                output[i][name] = split
+        return output
+
+
+def score_shard(scorer: Scorer, shard, batch_size: int) -> tuple[pa.Table, pa.Table]:
+    """Score this worker's shard; return (features, rows) of the whole pool on every rank, sorted by example_id.
+
+    ``rows`` keeps the example text so the selected examples can be trained on without a second pass.
+    """
+    feats, rows = [], []
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        feats.append(scorer.score(batch))
+        rows.append(batch.select(ROW_COLUMNS))
+    gathered = all_gather_objects((feats, rows))
+    features = features_table([f for part, _ in gathered for f in part])
+    pool_rows = pa.concat_tables([r for _, part in gathered for r in part], promote_options="default")
+    return features, pool_rows.sort_by("example_id")

@@ -1,0 +1,74 @@
+"""Train one stage (or a probe, or the warm-up) through a DeepSpeed engine: the whole loop on one screen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+
+from lhas_ray.model import encode
+from lhas_ray.training.dist import rank, world_size
+
+
+def batch_indices(n: int, global_batch: int, steps: int, seed: int) -> np.ndarray:
+    """[steps, global_batch] row indices: seeded epochs of a permutation, so every example is seen before repeats."""
+    rng = np.random.default_rng(seed)
+    epochs = int(np.ceil(steps * global_batch / n))
+    stream = np.concatenate([rng.permutation(n) for _ in range(epochs)])
+    return stream[: steps * global_batch].reshape(steps, global_batch)
+
+
+def train_steps(
+    engine,
+    tokenizer,
+    examples: pa.Table,
+    *,
+    steps: int,
+    global_batch: int,
+    max_length: int,
+    seed: int,
+    eval_every: int,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+) -> list[dict]:
+    """Run ``steps`` optimizer steps on ``examples`` (every rank holds all of them and takes its slice of each batch).
+
+    Returns learning-curve rows (step, split, metric, value): the mean train loss over ranks at every step, and
+    ``evaluate()``'s metrics at step 0, every ``eval_every`` steps and at the end.
+    """
+    r, w = rank(), world_size()
+    micro = global_batch // w
+    prompts = np.asarray(examples.column("prompt").to_numpy(zero_copy_only=False))
+    answers = np.asarray(examples.column("answer").to_numpy(zero_copy_only=False))
+    order = batch_indices(examples.num_rows, micro * w, steps, seed)
+    device = engine.device
+    rows: list[dict] = []
+
+    def log_eval(step: int) -> None:
+        if evaluate is not None:
+            rows.extend({"step": step, "split": "eval", "metric": k, "value": v} for k, v in evaluate().items())
+
+    log_eval(0)
+    engine.train()
+    for step in range(steps):
+        idx = order[step, r * micro : (r + 1) * micro]
+        batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[idx], answers[idx], max_length).items()}
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        mean = loss.detach().float().clone()
+        if w > 1:
+            dist.all_reduce(mean)
+            mean /= w
+        rows.append({"step": step + 1, "split": "train", "metric": "loss", "value": float(mean)})
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            log_eval(step + 1)
+            engine.train()
+    return rows
+
+
+def unwrap(engine) -> torch.nn.Module:
+    """The HF model inside a DeepSpeed engine."""
+    return engine.module

@@ -1,0 +1,78 @@
+"""Config errors name the field and what is allowed, before any Ray work."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lhas_ray.config import ConfigError, config_from_dict, dump_config, load_config
+
+
+def _demo() -> dict:
+    from lhas_ray.config import PACKAGED_CONFIGS
+
+    return yaml.safe_load((PACKAGED_CONFIGS / "demo.yaml").read_text())
+
+
+def test_packaged_demo_is_valid():
+    cfg = load_config("demo")
+    assert len(cfg.stages) >= 3 and len(cfg.selectors) >= 2
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("demo", ["training.lr=0.01"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_dotted_overrides_reach_nested_fields_and_list_items():
+    cfg = load_config("demo", ["training.lr=1e-3", "stages.1.budget=50", "seeds=[1, 2]", "training.use_gpu=true"])
+    assert cfg.training.lr == 1e-3
+    assert cfg.stages[1].budget == 50
+    assert cfg.seeds == [1, 2]
+    assert cfg.training.use_gpu is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "allowed"),
+    [
+        (["stages.0.budget=5000"], "stages.0", "larger than the pool"),
+        (["training.lr=-0.1"], "training.lr", "greater than 0"),
+        (["training.zero_stage=4"], "training.zero_stage", "less than or equal to 3"),
+        (["training.lrr=0.1"], "training.lrr", "unknown key"),
+        (["stages=[]"], "stages", "at least 1"),
+        (["stages.0.targets=[flying]"], "stages.0.targets", "built-in skills"),
+        (["stages.0.pool.target_share=0.9"], "stages.0.pool", "exceeds 1"),
+        (["seeds=[1, 1]"], "seeds", "distinct"),
+        (["training.batch_size=33"], "training", "multiple of num_workers"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", overrides)
+    assert field in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_unknown_selector_lists_the_available_ones():
+    raw = _demo()
+    raw["selectors"] = [{"name": "oracle"}]
+    with pytest.raises(ConfigError, match=r"selectors\.0\.name.*unknown selector 'oracle'.*random"):
+        config_from_dict(raw)
+
+
+def test_missing_file_and_bad_override_are_clear():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no/such/config.yaml")
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config("demo", ["training.lr"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config("demo", ["stages.9.budget=3"])
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)

@@ -1,0 +1,48 @@
+"""The results store: atomic parts, commit markers, committed-only reads, local paths and file:// URIs alike."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from lhas_ray.store import ResultStore, Unit
+
+
+def _rows(n: int, value: float) -> pa.Table:
+    return pa.table({"metric": ["accuracy"] * n, "value": [value] * n})
+
+
+@pytest.mark.parametrize("scheme", ["path", "file"])
+def test_only_committed_units_are_read(tmp_path, scheme):
+    uri = str(tmp_path / "out") if scheme == "path" else f"file://{tmp_path / 'out'}"
+    store = ResultStore(uri)
+    done, crashed = Unit("random", 0, 1), Unit("random", 0, 2)
+    store.write_part("metrics", done, _rows(3, 1.0))
+    store.commit(done)
+    store.write_part("metrics", crashed, _rows(2, 9.0))  # a stage that died before its commit
+    table = store.read_table("metrics")
+    assert table.num_rows == 3 and set(table.column("value").to_pylist()) == {1.0}
+    assert store.is_committed(done) and not store.is_committed(crashed)
+    assert store.committed_units() == [done]
+
+
+def test_rewriting_a_part_replaces_it(tmp_path):
+    store = ResultStore(str(tmp_path))
+    unit = Unit("loss_high", 3, 0)
+    store.write_part("curves", unit, _rows(5, 0.0))
+    store.write_part("curves", unit, _rows(2, 1.0))
+    store.commit(unit)
+    assert store.read_table("curves").num_rows == 2
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    store = ResultStore(str(tmp_path))
+    store.write_bytes("config.yaml", b"a: 1\n")
+    store.write_bytes("config.yaml", b"a: 2\n")
+    assert store.read_bytes("config.yaml") == b"a: 2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    assert store.is_run()
+
+
+def test_selector_names_are_made_safe_for_paths():
+    assert Unit("lhas/v2 wide", 1, 2).key == "lhas-v2-wide__s1__t2"

@@ -1,0 +1,111 @@
+"""The built-in suite: correct answers, deterministic per seed, different across seeds, the pool mix the config sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lhas_ray.config import load_config
+from lhas_ray.tasks import build_suite
+from lhas_ray.tasks import builtin as b
+from lhas_ray.tasks.schema import EXAMPLE_SCHEMA
+
+
+def _spec(**kw) -> b.SuiteSpec:
+    base = dict(
+        stage=1,
+        targets=("reverse",),
+        pool_size=1000,
+        target_share=0.4,
+        related_share=0.3,
+        noise=0.1,
+        duplicates=0.05,
+        eval_size=20,
+        ood=("length", "format"),
+        ood_size=10,
+        probe_size=30,
+    )
+    return b.SuiteSpec(**{**base, **kw})
+
+
+def _reference(skill: str, x: str) -> str:
+    """A plain-Python reference implementation of each skill."""
+    if skill == "copy":
+        return x
+    if skill == "reverse":
+        return x[::-1]
+    if skill == "sort":
+        return "".join(sorted(x))
+    if skill == "sort_reverse":
+        return "".join(sorted(x))[::-1]
+    if skill == "add":
+        a, c = x.split("+")
+        return str(int(a) + int(c))
+    if skill == "reverse_add":
+        a, c = x.split("+")
+        return str(int(a[::-1]) + int(c[::-1]))
+    if skill == "count":
+        s, q = x.split("/")
+        return str(s.count(q))
+    if skill == "lookup":
+        pairs, q = x.split("/")
+        return dict(zip(pairs[::2], pairs[1::2], strict=True))[q]
+    raise AssertionError(skill)
+
+
+@pytest.mark.parametrize("skill", b.SKILLS)
+def test_every_skill_answers_correctly(skill):
+    rng = np.random.default_rng(1)
+    prompts, answers = b.generate(np.array([skill] * 200), rng, 1, 6)
+    for p, a in zip(prompts, answers, strict=True):
+        op, body = p.split(":", 1)
+        assert op == b.OPS[skill]
+        assert a == _reference(skill, body.rstrip("=")), p
+
+
+def test_same_seed_same_bytes_other_seed_differs():
+    cfg = load_config("demo")
+    one, two = build_suite(cfg), build_suite(cfg)
+    for s1, s2 in zip(one.stages, two.stages, strict=True):
+        assert s1.pool.equals(s2.pool) and s1.eval.equals(s2.eval) and s1.probe.equals(s2.probe)
+    other = build_suite(load_config("demo", ["data.seed=1"]))
+    assert not other.stages[0].pool.equals(one.stages[0].pool)
+
+
+def test_pool_mix_noise_and_duplicates_follow_the_config():
+    pool = b.pool(_spec(), seed=0, lo=2, hi=5).to_pandas()
+    assert len(pool) == 1000 and pool.example_id.is_unique
+    roles = pool.tags.map(lambda t: t[0]).value_counts()
+    assert abs(roles["target"] - 400) <= 50 and abs(roles["related"] - 300) <= 50
+    assert set(pool[pool.tags.map(lambda t: t[0] == "related")].skill) <= set(b.related_skills(["reverse"]))
+    noisy = pool[pool.tags.map(lambda t: "noise" in t)]
+    assert len(noisy) == 100
+    wrong = [
+        a != _reference(s, p.split(":", 1)[1].rstrip("="))
+        for s, p, a in zip(noisy.skill, noisy.prompt, noisy.answer, strict=True)
+    ]
+    assert np.mean(wrong) > 0.9  # noised labels are wrong
+    clean = pool[pool.tags.map(lambda t: "noise" not in t)]
+    right = [
+        a == _reference(s, p.split(":", 1)[1].rstrip("="))
+        for s, p, a in zip(clean.skill, clean.prompt, clean.answer, strict=True)
+    ]
+    assert all(right)
+    assert pool.tags.map(lambda t: "duplicate" in t).sum() == 50
+
+
+def test_ood_sets_are_longer_or_reformatted_and_probe_is_fixed():
+    spec = _spec()
+    ood = b.ood_sets(spec, 0, 2, 5)
+    lengths = [len(p.split(":", 1)[1]) - 1 for p in ood["ood/length"].column("prompt").to_pylist()]
+    assert min(lengths) > 5
+    assert all(":" not in p for p in ood["ood/format"].column("prompt").to_pylist())
+    assert b.probe_set(spec, 0, 2, 5).equals(b.probe_set(spec, 0, 2, 5))
+
+
+def test_tables_follow_the_schema_and_ids_are_unique_across_sets():
+    suite = build_suite(load_config("demo"))
+    tables = [suite.warmup, suite.proxy] + [t for s in suite.stages for t in (s.pool, s.eval, s.probe, *s.ood.values())]
+    ids = np.concatenate([t.column("example_id").to_numpy() for t in tables])
+    assert len(np.unique(ids)) == len(ids)
+    assert all(t.schema.equals(EXAMPLE_SCHEMA) for t in tables)
