@@ -82,6 +82,7 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool) -> 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         if args.command == "report":
             from lhas_ray.report import write_report

@@ -44,16 +44,36 @@ log = logging.getLogger("lhas_ray.protocol")
 
 
 @dataclass
+class Progress:
+    """Progress lines for the driver's console: where the group is, elapsed time, and a remaining estimate."""
+
+    total_units: int
+    done_units: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    where: str = ""
+
+    def phase(self, phase: str) -> None:
+        if rank() != 0:
+            return
+        elapsed = time.perf_counter() - self.started
+        left = f", ~{elapsed / self.done_units * (self.total_units - self.done_units):.0f}s left" if self.done_units else ""
+        log.info("[%d/%d] %s: %s (elapsed %.0fs%s)", self.done_units + 1, self.total_units, self.where, phase, elapsed, left)
+
+
+@dataclass
 class Timer:
-    """Wall seconds per phase of one unit of work."""
+    """Wall seconds per phase of one unit of work; announces each phase on the progress log."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    progress: Progress | None = None
 
     def __call__(self, phase: str):
         timer = self
 
         class _Span:
             def __enter__(self):
+                if timer.progress is not None:
+                    timer.progress.phase(phase)
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc):
@@ -86,8 +106,8 @@ def _rows_table(rows: list[dict], **keys) -> pa.Table:
 class TrajectoryRunner:
     """Runs trajectories inside one Train worker (all ranks together); rank 0 writes to the store."""
 
-    def __init__(self, cfg: ExperimentConfig, store: ResultStore, suite: Suite, cache_dir: str):
-        self.cfg, self.store, self.suite, self.cache_dir = cfg, store, suite, cache_dir
+    def __init__(self, cfg: ExperimentConfig, store: ResultStore, suite: Suite, cache_dir: str, progress: Progress):
+        self.cfg, self.store, self.suite, self.cache_dir, self.progress = cfg, store, suite, cache_dir, progress
         self.sets = eval_sets(suite)
         self.world = ray.train.get_context().get_world_size()
         self.ds_config = deepspeed_config(cfg.training, cfg.model, self.world)
@@ -130,7 +150,7 @@ class TrajectoryRunner:
         relpath = checkpoint_path("", seed, 0)
         if broadcast_object(self.store.exists(relpath, "config.json") if rank() == 0 else None):
             return [], {}
-        timer = Timer()
+        timer = Timer(progress=self.progress)
         warm = self.cfg.training.warmup
         model, tokenizer = build_model(self.cfg.model, seed)
         curve: list[dict] = []
@@ -149,7 +169,7 @@ class TrajectoryRunner:
     def base_unit(self, selector: str, seed: int, fixed_costs: dict[str, float]) -> None:
         """Stage 0 of a trajectory: the base model on every eval set (computed once per seed and worker)."""
         curve, seconds = self.ensure_base(seed)
-        timer = Timer({**fixed_costs, **seconds})
+        timer = Timer({**fixed_costs, **seconds}, self.progress)
         if seed not in self._base_rows:
             with timer("evaluation"):
                 model, tokenizer = self._load(checkpoint_path("", seed, 0))
@@ -162,7 +182,7 @@ class TrajectoryRunner:
     # ---- stage t ----
     def stage_unit(self, selector_key: str, seed: int, t: int) -> None:
         """Score, select, train, evaluate and probe stage t of one trajectory, then commit it."""
-        cfg, timer = self.cfg, Timer()
+        cfg, timer = self.cfg, Timer(progress=self.progress)
         stage = self.suite.stages[t - 1]
         sel_cfg = cfg.selector(selector_key)
         selector = get_selector(sel_cfg.name, **sel_cfg.params)
@@ -265,16 +285,16 @@ class TrajectoryRunner:
         done = broadcast_object(
             [self.store.is_committed(Unit(selector_key, seed, t)) for t in stages] if rank() == 0 else None
         )
+        self.progress.total_units -= sum(done)
         for t in stages:
             if done[t]:
                 continue
-            start = time.perf_counter()
+            self.progress.where = f"selector={selector_key} seed={seed} stage {t}/{len(self.suite.stages)}"
             if t == 0:
                 self.base_unit(selector_key, seed, fixed_costs)
             else:
                 self.stage_unit(selector_key, seed, t)
-            if rank() == 0:
-                log.info("selector=%s seed=%d stage=%d done in %.1fs", selector_key, seed, t, time.perf_counter() - start)
+            self.progress.done_units += 1
 
 
 def _matrix(table: pa.Table, column: str) -> np.ndarray:
@@ -282,16 +302,29 @@ def _matrix(table: pa.Table, column: str) -> np.ndarray:
     return col.values.to_numpy().reshape(len(col), -1)
 
 
+def quiet_libraries() -> None:
+    """Progress bars of Ray Data and transformers would drown the protocol's own progress lines."""
+    import transformers
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def trajectory_worker(config: dict) -> None:
     """The function Ray Train runs on every worker: all trajectories of one group, stage by stage."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
     worker_start = time.time() - config["fit_started"] if "fit_started" in config else None
     cfg = ExperimentConfig.model_validate(config["cfg"])
     if not cfg.training.use_gpu:
         disable_cpu_shm_op()
     store = ResultStore(config["out"])
     with tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
-        runner = TrajectoryRunner(cfg, store, config["suite"], cache)
+        n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
+        runner = TrajectoryRunner(cfg, store, config["suite"], cache, Progress(n_units))
         for i, (selector_key, seed) in enumerate(config["trajectories"]):
             fixed = dict(config.get("fixed_costs", {})) if i == 0 else {}
             if i == 0 and worker_start is not None:
@@ -379,6 +412,7 @@ def run_experiment(cfg: ExperimentConfig, out: str, address: str | None = None) 
     store = ResultStore(out)
     ensure_same_run(store, cfg)
     ray_start = init_ray(cfg, address)
+    quiet_libraries()
     suite = build_suite(cfg)
     pools = {f"pool_{s.index}": pool_dataset(s.pool, cfg.training.num_workers) for s in suite.stages}
     light = suite.without_pools()

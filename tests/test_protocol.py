@@ -1,0 +1,166 @@
+"""The protocol end to end through Ray Data, Ray Train and DeepSpeed: the output contract, resume, determinism."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from lhas_ray.config import config_from_dict, dump_config
+from lhas_ray.evaluation.accuracy import per_example
+from lhas_ray.model import build_model, load_pretrained, save_pretrained
+from lhas_ray.protocol import run_experiment
+from lhas_ray.store import ResultStore
+from lhas_ray.tasks import build_suite
+
+pytestmark = pytest.mark.slow
+
+
+def micro_config(model_name: str = "tiny-gpt2", **training) -> dict:
+    """2 stages, 2 selectors, 1 seed, a few dozen steps: the whole protocol in well under a minute."""
+    stage = {"budget": 64, "pool": {"size": 256}, "eval_size": 32, "ood_size": 8, "probe_size": 32}
+    return {
+        "name": "micro",
+        "model": {"name": model_name, "n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 24},
+        "data": {"seed": 0, "min_len": 2, "max_len": 4},
+        "stages": [{"name": "rev", "targets": ["reverse"], **stage}, {"name": "srt", "targets": ["sort"], **stage}],
+        "selectors": [{"name": "random"}, {"name": "loss_high"}],
+        "seeds": [0],
+        "training": {"steps": 30, "lr": 3e-3, "batch_size": 16, "num_workers": 2, "eval_every": 10,
+                     "warmup": {"steps": 30, "size": 256, "lr": 3e-3}, **training},
+        "probe": {"steps": 6, "eval_every": 3},
+        "scoring": {"batch_size": 64},
+    }
+
+
+@pytest.fixture(scope="module")
+def hf_model_dir(tmp_path_factory) -> str:
+    """A model saved to a local path by the test, loaded by the protocol as 'any HF causal LM from a path'."""
+    cfg = config_from_dict(micro_config()).model
+    model, tok = build_model(cfg, seed=7)
+    return save_pretrained(model, tok, str(tmp_path_factory.mktemp("hf") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_session, hf_model_dir, tmp_path_factory):
+    cfg = config_from_dict(micro_config(model_name=hf_model_dir))
+    out = str(tmp_path_factory.mktemp("clean"))
+    run_experiment(cfg, out)
+    return cfg, out
+
+
+def test_run_writes_the_output_contract(clean_run):
+    cfg, out = clean_run
+    store = ResultStore(out)
+    assert yaml.safe_load(open(os.path.join(out, "config.yaml"))) == yaml.safe_load(dump_config(cfg))
+    metrics = store.read_table("metrics").to_pandas()
+    assert list(metrics.columns) == ["selector", "seed", "stage", "eval_set", "eval_stage", "skill", "metric", "value"]
+    assert set(metrics.stage) == {0, 1, 2} and set(metrics.selector) == {"random", "loss_high"}
+    assert {"accuracy", "loss"} <= set(metrics.metric) and "all" in set(metrics.skill)
+    assert set(metrics.eval_set) >= {"eval/stage1", "eval/stage2", "ood/stage1-length", "ood/stage2-format"}
+    assert metrics[metrics.eval_set.str.startswith("ood/")].eval_stage.isna().all()
+    assert not metrics.duplicated(["selector", "seed", "stage", "eval_set", "skill", "metric"]).any()
+    curves = store.read_table("curves").to_pandas()
+    assert list(curves.columns) == ["selector", "seed", "stage", "step", "split", "metric", "value"]
+    assert {"train", "eval", "probe"} <= set(curves.split)
+    assert set(curves[curves.split == "probe"].stage) == {1}  # no probe after the last stage
+    timings = store.read_table("timings").to_pandas()
+    assert {"ray_start", "worker_start", "scoring", "selection", "training", "evaluation", "probe"} <= set(timings.phase)
+    for sel in ("random", "loss_high"):
+        for t in (1, 2):
+            picked = pq.read_table(os.path.join(out, f"selections/{sel}/s0/stage{t}.parquet"))
+            assert picked.num_rows == 64 and picked.column("order").to_pylist() == list(range(64))
+            assert os.path.exists(os.path.join(out, f"checkpoints/{sel}/s0/stage{t}/model.safetensors"))
+    assert os.path.exists(os.path.join(out, "checkpoints/_base/s0/model.safetensors"))
+
+
+def test_loss_high_really_picks_the_highest_loss_examples(clean_run):
+    _, out = clean_run
+    feats = pq.read_table(os.path.join(out, "features/loss_high/s0/stage1.parquet")).to_pandas()
+    picked = pq.read_table(os.path.join(out, "selections/loss_high/s0/stage1.parquet")).to_pandas()
+    top = feats.nlargest(64, "loss").example_id
+    assert set(picked.example_id) == set(top)
+
+
+def test_a_stage_lowers_the_loss_and_its_checkpoint_loads_and_scores(clean_run):
+    cfg, out = clean_run
+    curves = ResultStore(out).read_table("curves").to_pandas()
+    train = curves[(curves.selector == "random") & (curves.stage == 1) & (curves.split == "train")].sort_values("step")
+    assert train.value.iloc[-5:].mean() < train.value.iloc[:5].mean()
+    model, tok = load_pretrained(os.path.join(out, "checkpoints/random/s0/stage1"))
+    suite = build_suite(cfg)
+    got = per_example(model, tok, suite.stages[0].eval, cfg.model.max_length, 64)
+    metrics = ResultStore(out).read_table("metrics").to_pandas()
+    stored = metrics.query("selector == 'random' and stage == 1 and eval_set == 'eval/stage1' and skill == 'all'")
+    assert got["correct"].mean() == pytest.approx(stored[stored.metric == "accuracy"].value.item())
+    assert got["loss"].mean() == pytest.approx(stored[stored.metric == "loss"].value.item(), rel=1e-4)
+
+
+def _run_cli(cfg_path: str, out: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "lhas_ray.cli", "run", cfg_path, "--output", out, "--no-report"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_killed_run_resumes_without_redoing_or_duplicating(clean_run, hf_model_dir, tmp_path):
+    """Kill the CLI (and its Ray) once stage 1 is committed, rerun: same results as the clean run, no duplicates."""
+    _, clean_out = clean_run
+    cfg_path = tmp_path / "micro.yaml"
+    cfg_path.write_text(yaml.safe_dump(micro_config(model_name=hf_model_dir)))
+    out = str(tmp_path / "out")
+    marker = os.path.join(out, "_committed", "random__s0__t1.json")
+    proc = _run_cli(str(cfg_path), out)
+    deadline = time.time() + 300
+    while not os.path.exists(marker) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert os.path.exists(marker), "the run never committed stage 1"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed_before = {f: os.path.getmtime(os.path.join(out, "_committed", f)) for f in os.listdir(os.path.join(out, "_committed"))}
+    assert "loss_high__s0__t2.json" not in committed_before
+
+    cfg = config_from_dict(micro_config(model_name=hf_model_dir))
+    run_experiment(cfg, out)
+    store = ResultStore(out)
+    for f, mtime in committed_before.items():  # nothing complete was redone
+        assert os.path.getmtime(os.path.join(out, "_committed", f)) == mtime
+    metrics = store.read_table("metrics").to_pandas()
+    assert not metrics.duplicated(["selector", "seed", "stage", "eval_set", "skill", "metric"]).any()
+    assert len(metrics) == len(ResultStore(clean_out).read_table("metrics"))
+    # same config and seed, fresh folder: the same selections (and resuming did not change them)
+    for sel in ("random", "loss_high"):
+        for t in (1, 2):
+            rel = f"selections/{sel}/s0/stage{t}.parquet"
+            a = pq.read_table(os.path.join(clean_out, rel)).column("example_id").to_numpy()
+            b = pq.read_table(os.path.join(out, rel)).column("example_id").to_numpy()
+            np.testing.assert_array_equal(a, b, err_msg=rel)
+
+
+def test_a_folder_holding_another_config_is_refused(clean_run):
+    cfg, out = clean_run
+    other = cfg.model_copy(update={"name": "other"})
+    before = open(os.path.join(out, "config.yaml")).read()
+    with pytest.raises(ValueError, match="different config"):
+        run_experiment(other, out)
+    assert open(os.path.join(out, "config.yaml")).read() == before
+
+
+@pytest.mark.parametrize("zero_stage", [3])
+def test_zero3_trains_and_checkpoints(ray_session, tmp_path, zero_stage):
+    raw = micro_config(zero_stage=zero_stage, steps=10)
+    raw["stages"] = raw["stages"][:1]
+    raw["selectors"] = [{"name": "random"}]
+    out = str(tmp_path)
+    run_experiment(config_from_dict(raw), out)
+    model, _ = load_pretrained(os.path.join(out, "checkpoints/random/s0/stage1"))
+    base, _ = load_pretrained(os.path.join(out, "checkpoints/_base/s0"))
+    changed = [not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters(), strict=True)]
+    assert all(p.numel() > 0 for p in model.parameters()) and any(changed)
