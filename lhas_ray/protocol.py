@@ -190,14 +190,15 @@ class TrajectoryRunner:
 
         # 1. score pool t with the current model (this worker's Ray Data shard; all gather)
         with timer("scoring"):
-            want = set(selector.requires) - {"skill"}
+            columns = set(selector.requires) | set(getattr(selector, "optional", ()))
+            want = columns - {"skill"}
             reference = self._load(checkpoint_path("", seed, 0))[0].eval() if "quality" in want else None
             scorer = Scorer(
                 model.eval(), tokenizer, want, max_length=cfg.model.max_length, grad_dim=cfg.scoring.grad_dim,
                 grad_params=cfg.scoring.grad_params, projection_seed=seed, reference=reference,
             )
             features, rows = score_shard(scorer, ray.train.get_dataset_shard(f"pool_{t}"), cfg.scoring.batch_size)
-            if "skill" in selector.requires:
+            if "skill" in columns:
                 features = features.append_column("skill", rows.column("skill"))
             context = self._context(selector, scorer, stage, seed)
 

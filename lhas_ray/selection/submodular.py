@@ -1,0 +1,345 @@
+"""The one optimiser of every submodular selector (facility_location, fl_utility, lhas) and the function it maximises.
+
+Objective (DESIGN.md, LHAS with its terms already weighted)::
+
+    J(S) = sum_{i in S} m_i  +  c_fl * FL_w(S)  -  c_conc * sum_c n_c(S)^2
+    FL_w(S) = sum_j w_j * max_{i in S} max(0, cos(e_i, e_j))     over a sparse kNN graph
+
+m is any modular score, w are demand weights (1, or the points a GreeDi candidate stands for), n_c(S) the number of
+picks in cluster c. Each term is submodular (FL: Cornuejols et al. 1977; -n_c^2: concave of a count), so J is.
+Adding i changes FL by sum_j w_j max(0, q_ij - cover_j) and sum_c n_c^2 by 2 n_c + 1.
+
+Exactness: similarities are quantised to integers (q = round(cos * 2^24)), so coverage sums are exact in int64 and
+every marginal gain is the same float whichever way it is computed; hence lazy greedy (Minoux 1978) returns exactly
+the naive-greedy sequence (ties go to the smaller position, i.e. the smaller example_id). Quantising moves a cosine
+by at most 2^-25, below float32 resolution.
+
+Cost: building the graph is the kNN search (see ``knn``); naive greedy O(k * nnz) with nnz ~ N * (knn + 1); lazy
+greedy O(nnz) for the first pass plus O(deg + log N) per re-evaluation, typically a few per pick; stochastic greedy
+(Mirzasoleiman et al. 2015, "Lazier than lazy greedy") O(k * (N/k) log(1/eps) * deg) = O(N log(1/eps) * deg).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from lhas_ray.selection.knn import knn_graph, max_similarity, normalize_rows
+from lhas_ray.selection.validation import validate_features
+
+QUANT = 1 << 24  # similarity quantum: q = round(cos * QUANT)
+
+
+@dataclass(frozen=True)
+class SimilarityGraph:
+    """Facility-major sparse similarity: facility i covers demand[indptr[i]:indptr[i+1]] with weights q (int64)."""
+
+    indptr: np.ndarray  # int64 [n + 1]
+    demand: np.ndarray  # int32 [nnz]
+    q: np.ndarray  # int64 [nnz], round(max(cos, 0) * QUANT); every facility covers itself with QUANT
+    n: int
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (facility, demand) pairs."""
+        return int(self.demand.shape[0])
+
+
+def similarity_graph(
+    emb: np.ndarray, knn: int = 32, *, exact_limit: int = 50_000, seed: int = 0, unit: bool = False
+) -> SimilarityGraph:
+    """Cosine kNN graph of emb: facility i covers demand j when i is among j's knn nearest (j always covers itself)."""
+    x = emb if unit else normalize_rows(emb)
+    n = x.shape[0]
+    nbr, sim = knn_graph(x, knn, exact_limit=exact_limit, seed=seed)
+    q = np.rint(np.clip(sim, 0.0, 1.0) * np.float32(QUANT)).astype(np.int64)
+    keep = (nbr >= 0) & (q > 0)
+    keep[:, 0] = True
+    rows = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], nbr.shape)
+    facility, demand, q = nbr[keep], rows[keep], q[keep]
+    del nbr, sim, keep
+    order = np.argsort(facility, kind="stable")
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(facility, minlength=n), out=indptr[1:])
+    return SimilarityGraph(indptr=indptr, demand=demand[order], q=q[order], n=n)
+
+
+class Objective:
+    """J(S) = sum_{i in S} m_i + c_fl * FL_w(S) - c_conc * sum_c n_c(S)^2, with incremental state for greedy."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        modular: np.ndarray | None = None,
+        graph: SimilarityGraph | None = None,
+        fl_coef: float = 0.0,
+        demand_weights: np.ndarray | None = None,
+        clusters: np.ndarray | None = None,
+        conc_coef: float = 0.0,
+    ) -> None:
+        self.n = n
+        self.modular = None if modular is None else np.asarray(modular, dtype=np.float64)
+        self.graph = graph if (graph is not None and fl_coef != 0.0) else None
+        self.fl_coef = float(fl_coef)
+        self.weights = None if demand_weights is None else np.asarray(demand_weights, dtype=np.int64)
+        self.clusters = None if (clusters is None or conc_coef == 0.0) else np.asarray(clusters, dtype=np.int64)
+        self.conc_coef = float(conc_coef)
+        self.cover = np.zeros(n, dtype=np.int64)  # current max q over S of each demand point
+        self.counts = np.zeros(0 if self.clusters is None else int(self.clusters.max()) + 1, dtype=np.int64)
+        self.selected: list[int] = []
+
+    def reset(self) -> None:
+        """Empty S, keeping the graph and scores."""
+        self.cover[:] = 0
+        self.counts[:] = 0
+        self.selected = []
+
+    def gains(self, cand: np.ndarray) -> np.ndarray:
+        """Marginal gains J(S + i) - J(S) for an array of candidate positions (vectorised)."""
+        cand = np.asarray(cand, dtype=np.int64)
+        g = self.modular[cand] if self.modular is not None else np.zeros(cand.shape[0])
+        if self.graph is not None:
+            g = g + self.fl_coef * self._fl_gains(cand)
+        if self.clusters is not None:
+            g = g - self.conc_coef * (2 * self.counts[self.clusters[cand]] + 1)
+        return g
+
+    def gain(self, i: int) -> float:
+        """Marginal gain of one candidate; the same float ``gains([i])`` returns."""
+        g = float(self.modular[i]) if self.modular is not None else 0.0
+        if self.graph is not None:
+            s, e = self.graph.indptr[i], self.graph.indptr[i + 1]
+            dem = self.graph.demand[s:e]
+            v = self.graph.q[s:e] - self.cover[dem]
+            np.maximum(v, 0, out=v)
+            if self.weights is not None:
+                v *= self.weights[dem]
+            g = g + self.fl_coef * int(v.sum())
+        if self.clusters is not None:
+            g = g - self.conc_coef * (2 * int(self.counts[self.clusters[i]]) + 1)
+        return g
+
+    def _fl_gains(self, cand: np.ndarray) -> np.ndarray:
+        gr = self.graph
+        if cand.shape[0] == self.n and np.array_equal(cand, np.arange(self.n)):
+            dem, q, starts = gr.demand, gr.q, gr.indptr[:-1]
+        else:
+            lens = gr.indptr[cand + 1] - gr.indptr[cand]
+            starts = np.zeros(cand.shape[0], dtype=np.int64)
+            np.cumsum(lens[:-1], out=starts[1:])
+            idx = np.repeat(gr.indptr[cand] - starts, lens) + np.arange(int(lens.sum()))
+            dem, q = gr.demand[idx], gr.q[idx]
+        v = q - self.cover[dem]
+        np.maximum(v, 0, out=v)
+        if self.weights is not None:
+            v *= self.weights[dem]
+        return np.add.reduceat(v, starts)  # segments are never empty: every facility covers itself
+
+    def add(self, i: int) -> None:
+        """Put position i into S and update the coverage and cluster counts."""
+        if self.graph is not None:
+            s, e = self.graph.indptr[i], self.graph.indptr[i + 1]
+            dem = self.graph.demand[s:e]
+            self.cover[dem] = np.maximum(self.cover[dem], self.graph.q[s:e])
+        if self.clusters is not None:
+            self.counts[self.clusters[i]] += 1
+        self.selected.append(int(i))
+
+    def _coverage(self) -> int:
+        if self.graph is None:
+            return 0
+        return int((self.cover if self.weights is None else self.cover * self.weights).sum())
+
+    def fl_value(self) -> float:
+        """FL_w(S) of the current S in cosine units (0 when the objective has no facility-location term)."""
+        return self._coverage() / QUANT
+
+    def value(self) -> float:
+        """J(S) of the current S."""
+        total = float(self.modular[self.selected].sum()) if self.modular is not None and self.selected else 0.0
+        total += self.fl_coef * self._coverage()
+        if self.clusters is not None:
+            total -= self.conc_coef * float((self.counts**2).sum())
+        return total
+
+
+def naive_greedy(obj: Objective, k: int) -> np.ndarray:
+    """Reference greedy: every step recomputes every gain and takes the best (smallest position on ties). O(k nnz)."""
+    taken = np.zeros(obj.n, dtype=bool)
+    out = np.empty(k, dtype=np.int64)
+    all_pos = np.arange(obj.n)
+    for t in range(k):
+        g = obj.gains(all_pos)
+        g[taken] = -np.inf
+        i = int(np.argmax(g))
+        taken[i] = True
+        obj.add(i)
+        out[t] = i
+    return out
+
+
+def lazy_greedy(obj: Objective, k: int) -> np.ndarray:
+    """Lazy greedy (Minoux 1978): a heap of stale gains, re-evaluate the top until fresh; equals naive greedy."""
+    first = obj.gains(np.arange(obj.n))
+    heap = list(zip((-first).tolist(), range(obj.n), strict=True))
+    heapq.heapify(heap)
+    stamp = [0] * obj.n  # the step at which each heap key was computed
+    out = np.empty(k, dtype=np.int64)
+    for t in range(k):
+        while True:
+            i = heap[0][1]
+            if stamp[i] == t:
+                heapq.heappop(heap)
+                break
+            stamp[i] = t
+            heapq.heapreplace(heap, (-obj.gain(i), i))
+        obj.add(i)
+        out[t] = i
+    return out
+
+
+def stochastic_greedy(obj: Objective, k: int, epsilon: float = 0.01, seed: int = 0) -> np.ndarray:
+    """Stochastic greedy: each step takes the best of (N/k) log(1/eps) random remaining candidates."""
+    rng = np.random.default_rng(seed)
+    remaining = np.arange(obj.n)
+    left = obj.n
+    size = max(1, math.ceil(obj.n / k * math.log(1.0 / epsilon)))
+    out = np.empty(k, dtype=np.int64)
+    for t in range(k):
+        pos = rng.choice(left, size, replace=False) if size < left else np.arange(left)
+        cand = remaining[pos]
+        g = obj.gains(cand)
+        j = int(np.lexsort((cand, -g))[0])
+        i = int(cand[j])
+        obj.add(i)
+        out[t] = i
+        left -= 1
+        remaining[pos[j]] = remaining[left]
+    return out
+
+
+def maximize(obj: Objective, k: int, method: str = "lazy", *, epsilon: float = 0.01, seed: int = 0) -> np.ndarray:
+    """Greedily pick k positions maximising obj with 'lazy' (exact), 'naive' (reference) or 'stochastic' greedy."""
+    k = min(k, obj.n)
+    if method == "lazy":
+        return lazy_greedy(obj, k)
+    if method == "naive":
+        return naive_greedy(obj, k)
+    if method == "stochastic":
+        return stochastic_greedy(obj, k, epsilon, seed)
+    raise ValueError(f"unknown greedy method {method!r}; allowed: ['lazy', 'naive', 'stochastic']")
+
+
+def facility_location_value(
+    features: pa.Table | np.ndarray, selected: np.ndarray, *, knn: int | None = None, exact_limit: int = 50_000
+) -> float:
+    """FL(S) = sum_j max(0, max_{i in S} cos(e_i, e_j)) of a selection, so the protocol can report coverage.
+
+    ``features`` is a feature table with ``example_id`` and ``emb`` (then ``selected`` are example_ids) or an
+    embedding array [N, d] (then ``selected`` are row positions). With ``knn=None`` the value is exact, O(N |S| d) in
+    blocks; with ``knn`` it is the sparse-graph value the greedy optimises, O(kNN search). Divide by N for a mean.
+    """
+    selected = np.asarray(selected, dtype=np.int64)
+    if isinstance(features, (pa.Table, pa.RecordBatch)):
+        pool = validate_features(features, 1, {"emb"}, selector="facility_location_value")
+        pos = np.searchsorted(pool.example_id, selected)
+        if selected.size and (
+            pos.max() >= pool.n or not np.array_equal(pool.example_id[np.minimum(pos, pool.n - 1)], selected)
+        ):
+            raise ValueError("facility_location_value: some selected example_ids are not in the features table")
+        emb = pool["emb"]
+    else:
+        emb, pos = np.asarray(features, dtype=np.float32), selected
+        if pos.size and (pos.min() < 0 or pos.max() >= emb.shape[0]):
+            raise ValueError("facility_location_value: selected positions fall outside the embedding array")
+    if pos.size == 0:
+        return 0.0
+    x = normalize_rows(emb)
+    if knn is not None:
+        obj = Objective(x.shape[0], graph=similarity_graph(x, knn, exact_limit=exact_limit, unit=True), fl_coef=1.0)
+        for i in np.unique(pos):
+            obj.add(int(i))
+        return obj.fl_value()
+    best, _ = max_similarity(x, x[np.unique(pos)])
+    return float(np.maximum(best, 0.0).astype(np.float64).sum())
+
+
+__all__ = [
+    "QUANT",
+    "Objective",
+    "SimilarityGraph",
+    "facility_location_value",
+    "lazy_greedy",
+    "maximize",
+    "naive_greedy",
+    "similarity_graph",
+    "stochastic_greedy",
+]
+
+
+def build_objective(
+    k: int,
+    n: int,
+    *,
+    emb: np.ndarray | None = None,
+    modular: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
+    l_c: float = 0.0,
+    l_a: float = 0.0,
+    knn: int = 32,
+    exact_limit: int = 50_000,
+    demand_weights: np.ndarray | None = None,
+    seed: int = 0,
+) -> Objective:
+    """J with DESIGN.md's scaling: l_c * (k / N) * FL(S) and l_a * Conc(S), Conc(S) = k sum_c p_c^2 = sum_c n_c^2 / k.
+
+    Dividing FL (a sum over the N demand points, each at most 1) by N/k puts it on the same [0, k] scale as a sum of
+    k utilities in [0, 1] and as Conc, which lies in [k / C, k]; so the four LHAS weights are comparable.
+    """
+    graph = None
+    if l_c > 0:
+        if emb is None:
+            raise ValueError("a facility-location term needs embeddings")
+        graph = similarity_graph(emb, knn, exact_limit=exact_limit, seed=seed)
+    total = n if demand_weights is None else int(np.sum(demand_weights))
+    return Objective(
+        n,
+        modular=modular,
+        graph=graph,
+        fl_coef=l_c * k / total / QUANT,
+        demand_weights=demand_weights,
+        clusters=clusters,
+        conc_coef=l_a / k,
+    )
+
+
+def coverage_weights(obj: Objective, emb: np.ndarray) -> np.ndarray:
+    """How many ground points (times their demand weight) each selected point covers best: GreeDi's merge weights.
+
+    A point takes the selected facility with the largest graph similarity; a point no selected facility reaches in the
+    graph goes to its exact nearest selected point (blocked dot products over those points only).
+    """
+    sel = np.asarray(obj.selected, dtype=np.int64)
+    n = obj.n
+    owner = np.full(n, -1, dtype=np.int64)
+    if obj.graph is not None:
+        gr = obj.graph
+        lens = gr.indptr[sel + 1] - gr.indptr[sel]
+        starts = np.zeros(sel.shape[0], dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        idx = np.repeat(gr.indptr[sel] - starts, lens) + np.arange(int(lens.sum()))
+        fac, dem, q = np.repeat(np.arange(sel.shape[0]), lens), gr.demand[idx].astype(np.int64), gr.q[idx]
+        order = np.lexsort((fac, -q, dem))
+        first = order[np.concatenate([[True], dem[order][1:] != dem[order][:-1]])]
+        owner[dem[first]] = fac[first]
+    lost = np.flatnonzero(owner < 0)
+    if lost.size:
+        x = normalize_rows(emb)
+        _, owner[lost] = max_similarity(x[lost], x[sel])
+    w = np.ones(n, dtype=np.int64) if obj.weights is None else obj.weights
+    return np.bincount(owner, weights=w, minlength=sel.shape[0]).astype(np.int64)
