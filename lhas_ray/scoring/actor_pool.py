@@ -61,7 +61,8 @@ def score_with_actor_pool(
         },
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        # min 1 so the pool can start inside Ray Data's resource reservation; it scales up to `actors`
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=num_cpus_per_actor,
         num_gpus=num_gpus_per_actor,
     )
