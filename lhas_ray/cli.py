@@ -20,8 +20,14 @@ def _parser() -> argparse.ArgumentParser:
     def add_common(sp: argparse.ArgumentParser, config: bool = True) -> None:
         if config:
             sp.add_argument("config", help="experiment YAML, or a packaged config name (demo, study, ...)")
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set training.lr=1e-3 --set stages.0.budget=50")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set training.lr=1e-3 --set stages.0.budget=50",
+        )
 
     run = sub.add_parser("run", help="run (or resume) an experiment")
     add_common(run)
@@ -40,6 +46,30 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write OUT/report.html (and report.md) for a finished run")
     rep.add_argument("output", help="the run's results folder")
+
+    tune = sub.add_parser("tune", help="search the LHAS weights with Ray Tune + Optuna (or resume a sweep)")
+    tune.add_argument("config", nargs="?", help="experiment YAML or packaged name; omit with --resume OUT")
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set tune.objective='acc - forgetting'",
+    )
+    tune.add_argument("--space", help="search-space YAML, e.g. search_spaces/lhas_default.yaml (default: tune.space)")
+    tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials)")
+    tune.add_argument("--output", "-o", help="sweep folder or URI (default: the config's 'output')")
+    tune.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="OUT",
+        help="continue the interrupted sweep in OUT (config, space and trials as it was started)",
+    )
+    tune.add_argument("--ray-address", help="'auto' inside `ray job submit`; default: start a local Ray")
+    tune.add_argument("--no-report", action="store_true", help="skip writing the sweep's report at the end")
     return p
 
 
@@ -79,6 +109,47 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool) -> 
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    """``lhas-ray tune``: validate everything (config, space) before Ray starts, run or resume the sweep, report."""
+    from lhas_ray.search_space import load_search_space
+
+    resume_out = args.resume if isinstance(args.resume, str) else None
+    if args.config is None:
+        if not resume_out and not (args.resume and args.output):
+            raise ConfigError("give a CONFIG to start a sweep, or --resume OUT to continue one")
+        if args.overrides or args.space or args.trials:
+            raise ConfigError("--resume OUT continues the sweep as it was started: drop --set, --space and --trials")
+        from lhas_ray.tuning import load_sweep
+
+        out = resume_out or args.output
+        cfg, space, trials = load_sweep(out)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        out = resume_out or args.output or cfg.output
+        if not out:
+            raise ConfigError("no output folder: pass --output OUT or set 'output' in the config")
+        if not (args.space or cfg.tune.space):
+            raise ConfigError("no search space: pass --space search_spaces/NAME.yaml or set tune.space")
+        space = load_search_space(args.space or cfg.tune.space)
+        trials = args.trials or cfg.tune.trials
+        if trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {trials}")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from lhas_ray.tuning import run_sweep, sweep_summary
+
+    start = time.perf_counter()
+    result = run_sweep(cfg, space, out, trials=trials, address=args.ray_address, resume=bool(args.resume))
+    print(f"\nsweep finished in {time.perf_counter() - start:.0f}s; results in {out}")
+    print(sweep_summary(result, cfg))
+    if result.best is None:
+        return 1
+    if not args.no_report:
+        from lhas_ray.report import write_report
+
+        print(f"\nreport: {write_report(out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -89,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(write_report(args.output))
             return 0
+        if args.command == "tune":
+            return _tune(args)
         cfg = load_config("demo" if args.command == "demo" else args.config, args.overrides)
         if args.command == "validate":
-            print(f"{args.config}: valid ({len(cfg.stages)} stages, {len(cfg.selectors)} selectors, {len(cfg.seeds)} seeds)")
+            print(
+                f"{args.config}: valid ({len(cfg.stages)} stages, {len(cfg.selectors)} selectors, {len(cfg.seeds)} seeds)"
+            )
             return 0
         out = args.output or cfg.output
         if not out:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,7 +78,8 @@ class StageConfig(_Strict):
     pool: PoolConfig = Field(default_factory=PoolConfig, description="The candidate pool.")
     eval_size: int = Field(100, ge=1, description="Eval examples per target skill.")
     ood: list[Literal["length", "format"]] = Field(
-        default_factory=lambda: ["length", "format"], description="OOD sets of this stage: longer inputs, unseen format."
+        default_factory=lambda: ["length", "format"],
+        description="OOD sets of this stage: longer inputs, unseen format.",
     )
     ood_size: int = Field(50, ge=1, description="Examples per target skill in each OOD set.")
     probe_size: int = Field(100, ge=1, description="Size of this stage's fixed probe sample (used after stage t-1).")
@@ -158,7 +159,8 @@ class ScoringConfig(_Strict):
     """How candidate pools are scored with the current model (Ray Data)."""
 
     mode: Literal["shards", "actor_pool"] = Field(
-        "shards", description="'shards': the Train workers score their Ray Data shards; 'actor_pool': map_batches actors."
+        "shards",
+        description="'shards': the Train workers score their Ray Data shards; 'actor_pool': map_batches actors.",
     )
     batch_size: int = Field(256, ge=1, description="Examples per scoring batch.")
     actor_pool_size: int = Field(2, ge=1, description="actor_pool mode: scoring actors.")
@@ -183,8 +185,50 @@ class RayConfig(_Strict):
     address: str | None = Field(None, description="'auto' inside `ray job submit`; None starts a local instance.")
     num_cpus: int | None = Field(None, ge=1, description="Local instance only: CPUs to give Ray (None = all).")
     concurrent_trajectories: int = Field(
-        1, ge=1, description="Trajectory groups run side by side; each group pays Train start-up once for all its stages."
+        1,
+        ge=1,
+        description="Trajectory groups run side by side; each group pays Train start-up once for all its stages.",
     )
+
+
+class TuningConfig(_Strict):
+    """``lhas-ray tune``: what a sweep over the LHAS weights maximises, how trials are scheduled; ignored by ``run``."""
+
+    objective: str = Field(
+        "acc - forgetting + mean_lca",
+        description="Long-horizon score, maximised: + - * / () over trajectory metric names at the trial's latest "
+        "stage, mean_<metric> (mean over stages) or first_<metric> (see lhas_ray/search_space.py).",
+    )
+    immediate: str = Field("first_immediate", description="Immediate score, same syntax; also maximised when multi.")
+    multi_objective: bool = Field(
+        False, description="True: maximise (immediate, objective) together, keep the Pareto set; False: objective only."
+    )
+    selector: str | None = Field(
+        None, description="Key of the lhas selector whose other params trials keep (None: the first lhas, if any)."
+    )
+    space: str | None = Field(None, description="Search-space YAML (search_spaces/NAME.yaml); --space wins.")
+    trials: int = Field(20, ge=1, description="Trials to run; --trials wins.")
+    seed: int = Field(0, description="Seed of Optuna's TPE sampler (same seed and results: same suggestions).")
+    startup_trials: int = Field(5, ge=1, description="Random trials before TPE starts modelling the objective.")
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="'asha': stop poor trials early, judged after each stage; 'fifo': run every trial through."
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: stages every trial completes before it can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep about 1/reduction_factor trials per rung.")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Trials at once; None: as many Train runs as the cluster's CPUs/GPUs fit at most."
+    )
+    max_failures: int = Field(
+        1, ge=0, description="Retries of a failed trial (a Train worker died...); it resumes from its last stage."
+    )
+    report_top: int = Field(8, ge=1, description="The sweep's report compares the best N completed trials.")
+
+    @field_validator("objective", "immediate")
+    @classmethod
+    def _formula(cls, text: str) -> str:
+        from lhas_ray.search_space import parse_formula
+
+        return parse_formula(text).text
 
 
 class ExperimentConfig(_Strict):
@@ -201,6 +245,7 @@ class ExperimentConfig(_Strict):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Pool scoring.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
+    tune: TuningConfig = Field(default_factory=TuningConfig, description="`lhas-ray tune` settings (run ignores).")
     output: str | None = Field(None, description="Results folder or URI; the CLI's --output wins.")
 
     @field_validator("seeds")
@@ -249,7 +294,14 @@ def _format_errors(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the documented fields in lhas_ray/config.py)"
-        lines.append(f"  {loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict) else ""))
+        lines.append(
+            f"  {loc}: {msg}"
+            + (
+                f" (got {e['input']!r})"
+                if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict)
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 
@@ -301,7 +353,9 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
     packaged = PACKAGED_CONFIGS / (p.name if p.suffix else f"{p.name}.yaml")
     if packaged.exists() and p.parent == Path("."):
         return packaged
-    raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {sorted(c.stem for c in PACKAGED_CONFIGS.glob('*.yaml'))})")
+    raise ConfigError(
+        f"config file {str(path)!r} not found (packaged configs: {sorted(c.stem for c in PACKAGED_CONFIGS.glob('*.yaml'))})"
+    )
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -328,5 +382,3 @@ def dump_config(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML that ``load_config`` accepts again."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
-
-Budget = Annotated[int, Field(ge=1)]

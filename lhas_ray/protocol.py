@@ -56,8 +56,14 @@ class Progress:
         if rank() != 0:
             return
         elapsed = time.perf_counter() - self.started
-        left = f", ~{elapsed / self.done_units * (self.total_units - self.done_units):.0f}s left" if self.done_units else ""
-        log.info("[%d/%d] %s: %s (elapsed %.0fs%s)", self.done_units + 1, self.total_units, self.where, phase, elapsed, left)
+        left = (
+            f", ~{elapsed / self.done_units * (self.total_units - self.done_units):.0f}s left"
+            if self.done_units
+            else ""
+        )
+        log.info(
+            "[%d/%d] %s: %s (elapsed %.0fs%s)", self.done_units + 1, self.total_units, self.where, phase, elapsed, left
+        )
 
 
 @dataclass
@@ -158,8 +164,14 @@ class TrajectoryRunner:
             with timer("warmup"):
                 engine = self._engine(model, warm.lr, warm.steps)
                 curve = train_steps(
-                    engine, tokenizer, self.suite.warmup, steps=warm.steps, global_batch=self.cfg.training.batch_size,
-                    max_length=self.cfg.model.max_length, seed=seed, eval_every=warm.steps,
+                    engine,
+                    tokenizer,
+                    self.suite.warmup,
+                    steps=warm.steps,
+                    global_batch=self.cfg.training.batch_size,
+                    max_length=self.cfg.model.max_length,
+                    seed=seed,
+                    eval_every=warm.steps,
                 )
                 model = engine.module
         with timer("checkpoint"):
@@ -194,8 +206,14 @@ class TrajectoryRunner:
             want = columns - {"skill"}
             reference = self._load(checkpoint_path("", seed, 0))[0].eval() if "quality" in want else None
             scorer = Scorer(
-                model.eval(), tokenizer, want, max_length=cfg.model.max_length, grad_dim=cfg.scoring.grad_dim,
-                grad_params=cfg.scoring.grad_params, projection_seed=seed, reference=reference,
+                model.eval(),
+                tokenizer,
+                want,
+                max_length=cfg.model.max_length,
+                grad_dim=cfg.scoring.grad_dim,
+                grad_params=cfg.scoring.grad_params,
+                projection_seed=seed,
+                reference=reference,
             )
             features, rows = score_shard(scorer, ray.train.get_dataset_shard(f"pool_{t}"), cfg.scoring.batch_size)
             if "skill" in columns:
@@ -214,8 +232,14 @@ class TrajectoryRunner:
             engine = self._engine(model.train(), cfg.training.lr, cfg.training.steps)
             own = EvalSet(f"eval/stage{t}", stage.eval, t)
             curve = train_steps(
-                engine, tokenizer, selected, steps=cfg.training.steps, global_batch=cfg.training.batch_size,
-                max_length=cfg.model.max_length, seed=seed * 1000 + t, eval_every=cfg.training.eval_every,
+                engine,
+                tokenizer,
+                selected,
+                steps=cfg.training.steps,
+                global_batch=cfg.training.batch_size,
+                max_length=cfg.model.max_length,
+                seed=seed * 1000 + t,
+                eval_every=cfg.training.eval_every,
                 evaluate=lambda: self._accuracy(engine.module, tokenizer, own),
             )
         with timer("checkpoint"):
@@ -250,8 +274,13 @@ class TrajectoryRunner:
         if not need:
             return ctx
         ref = Scorer(
-            scorer.model, scorer.tokenizer, {"grad", "emb"}, max_length=scorer.max_length,
-            grad_dim=self.cfg.scoring.grad_dim, grad_params=self.cfg.scoring.grad_params, projection_seed=seed,
+            scorer.model,
+            scorer.tokenizer,
+            {"grad", "emb"},
+            max_length=scorer.max_length,
+            grad_dim=self.cfg.scoring.grad_dim,
+            grad_params=self.cfg.scoring.grad_params,
+            projection_seed=seed,
         )
         if need & {"target_grads", "target_embs"}:
             # the stage's target examples: its probe sample (labelled, never its eval set)
@@ -272,8 +301,14 @@ class TrajectoryRunner:
         engine = self._engine(model.train(), cfg.probe.lr, cfg.probe.steps)
         target = EvalSet(f"eval/stage{t + 1}", nxt.eval, t + 1)
         rows = train_steps(
-            engine, tokenizer, nxt.probe, steps=cfg.probe.steps, global_batch=cfg.training.batch_size,
-            max_length=cfg.model.max_length, seed=seed * 1000 + t + 500, eval_every=cfg.probe.eval_every,
+            engine,
+            tokenizer,
+            nxt.probe,
+            steps=cfg.probe.steps,
+            global_batch=cfg.training.batch_size,
+            max_length=cfg.model.max_length,
+            seed=seed * 1000 + t + 500,
+            eval_every=cfg.probe.eval_every,
             evaluate=lambda: self._accuracy(engine.module, tokenizer, target),
         )
         engine.destroy()
@@ -365,16 +400,15 @@ def trajectory_groups(cfg: ExperimentConfig, store: ResultStore) -> list[list[tu
     """Pending (selector, seed) trajectories, dealt round-robin into ``ray.concurrent_trajectories`` groups."""
     last = len(cfg.stages)
     pending = [
-        (s.key, seed)
-        for seed in cfg.seeds
-        for s in cfg.selectors
-        if not store.is_committed(Unit(s.key, seed, last))
+        (s.key, seed) for seed in cfg.seeds for s in cfg.selectors if not store.is_committed(Unit(s.key, seed, last))
     ]
     n = min(cfg.ray.concurrent_trajectories, len(pending))
     return [pending[i::n] for i in range(n)] if n else []
 
 
-def fit_group(cfg: ExperimentConfig, out: str, suite: Suite, pools: dict, group: list, fixed: dict, name: str, callbacks=None):
+def fit_group(
+    cfg: ExperimentConfig, out: str, suite: Suite, pools: dict, group: list, fixed: dict, name: str, callbacks=None
+):
     """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost)."""
     store = ResultStore(out)
     storage = store.local_path("_ray") or store.path("_ray")

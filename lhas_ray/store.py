@@ -147,7 +147,9 @@ class ResultStore:
     def download_dir(self, relpath: str, local_dir: str) -> str:
         """Copy a store folder to local disk, for libraries (from_pretrained) that read only local paths."""
         os.makedirs(local_dir, exist_ok=True)
-        pafs.copy_files(self.path(relpath), local_dir, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.path(relpath), local_dir, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+        )
         return local_dir
 
     def is_run(self) -> bool:

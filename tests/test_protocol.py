@@ -34,8 +34,15 @@ def micro_config(model_name: str = "tiny-gpt2", **training) -> dict:
         "stages": [{"name": "rev", "targets": ["reverse"], **stage}, {"name": "srt", "targets": ["sort"], **stage}],
         "selectors": [{"name": "random"}, {"name": "loss_high"}],
         "seeds": [0],
-        "training": {"steps": 30, "lr": 3e-3, "batch_size": 16, "num_workers": 2, "eval_every": 10,
-                     "warmup": {"steps": 30, "size": 256, "lr": 3e-3}, **training},
+        "training": {
+            "steps": 30,
+            "lr": 3e-3,
+            "batch_size": 16,
+            "num_workers": 2,
+            "eval_every": 10,
+            "warmup": {"steps": 30, "size": 256, "lr": 3e-3},
+            **training,
+        },
         "probe": {"steps": 6, "eval_every": 3},
         "scoring": {"batch_size": 64},
     }
@@ -73,7 +80,9 @@ def test_run_writes_the_output_contract(clean_run):
     assert {"train", "eval", "probe"} <= set(curves.split)
     assert set(curves[curves.split == "probe"].stage) == {1}  # no probe after the last stage
     timings = store.read_table("timings").to_pandas()
-    assert {"ray_start", "worker_start", "scoring", "selection", "training", "evaluation", "probe"} <= set(timings.phase)
+    assert {"ray_start", "worker_start", "scoring", "selection", "training", "evaluation", "probe"} <= set(
+        timings.phase
+    )
     for sel in ("random", "loss_high"):
         for t in (1, 2):
             picked = pq.read_table(os.path.join(out, f"selections/{sel}/s0/stage{t}.parquet"))
@@ -124,7 +133,9 @@ def test_killed_run_resumes_without_redoing_or_duplicating(clean_run, hf_model_d
     assert os.path.exists(marker), "the run never committed stage 1"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    committed_before = {f: os.path.getmtime(os.path.join(out, "_committed", f)) for f in os.listdir(os.path.join(out, "_committed"))}
+    committed_before = {
+        f: os.path.getmtime(os.path.join(out, "_committed", f)) for f in os.listdir(os.path.join(out, "_committed"))
+    }
     assert "loss_high__s0__t2.json" not in committed_before
 
     cfg = config_from_dict(micro_config(model_name=hf_model_dir))

@@ -17,13 +17,31 @@ from lhas_ray.scoring.score import Scorer, features_table
 class PoolScorer:
     """The per-actor scorer: model and tokenizer loaded from a local HF checkpoint in ``__init__``."""
 
-    def __init__(self, checkpoint: str, model_cfg: dict, want: list[str], max_length: int, grad_dim: int,
-                 grad_params: list[str], projection_seed: int, reference: str | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        checkpoint: str,
+        model_cfg: dict,
+        want: list[str],
+        max_length: int,
+        grad_dim: int,
+        grad_params: list[str],
+        projection_seed: int,
+        reference: str | None = None,
+        device: str = "cpu",
+    ):
         cfg = ModelConfig.model_validate(model_cfg)
         model, tokenizer = load_pretrained(checkpoint, cfg)
         ref = load_pretrained(reference, cfg)[0].to(device).eval() if reference else None
-        self.scorer = Scorer(model.to(device).eval(), tokenizer, set(want), max_length=max_length, grad_dim=grad_dim,
-                             grad_params=grad_params, projection_seed=projection_seed, reference=ref)
+        self.scorer = Scorer(
+            model.to(device).eval(),
+            tokenizer,
+            set(want),
+            max_length=max_length,
+            grad_dim=grad_dim,
+            grad_params=grad_params,
+            projection_seed=projection_seed,
+            reference=ref,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return features_table([self.scorer.score(batch)])

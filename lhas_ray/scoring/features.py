@@ -17,7 +17,9 @@ FORWARD_FEATURES = frozenset({"loss", "correct", "el2n", "emb"})
 GRAD_FEATURES = frozenset({"grad", "grad_norm"})
 
 
-def forward_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], want_emb: bool = True) -> dict[str, np.ndarray]:
+def forward_stats(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], want_emb: bool = True
+) -> dict[str, np.ndarray]:
     """Loss, exact match, EL2N and mean-pooled last hidden state of every example, from one forward pass.
 
     Exact match is "every answer token is the argmax": with teacher forcing this equals greedy-decoding exact match.

@@ -228,7 +228,11 @@ def pool(spec: SuiteSpec, seed: int, lo: int, hi: int) -> pa.Table:
     n_target = round(spec.pool_size * spec.target_share)
     n_related = round(spec.pool_size * spec.related_share) if related else 0
     n_unrelated = spec.pool_size - n_target - n_related
-    groups = [(targets, n_target, "target"), (related, n_related, "related"), (unrelated or related or targets, n_unrelated, "unrelated")]
+    groups = [
+        (targets, n_target, "target"),
+        (related, n_related, "related"),
+        (unrelated or related or targets, n_unrelated, "unrelated"),
+    ]
     skills = np.concatenate([_balanced(g, n) for g, n, _ in groups])
     role = np.concatenate([np.full(n, name) for _, n, name in groups])
     prompts, answers = generate(skills, rng, lo, hi)
