@@ -18,6 +18,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lhas-ray demo --output outputs/demo
 
+study: setup
+	$(VENV)/bin/lhas-ray run study --output outputs/study
+
 test: setup
 	$(VENV)/bin/python -m pytest -q
 

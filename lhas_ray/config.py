@@ -156,14 +156,13 @@ class ProbeConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    """How candidate pools are scored with the current model (Ray Data)."""
+    """How candidate pools are scored with the current model: the Train workers score their Ray Data shards.
 
-    mode: Literal["shards", "actor_pool"] = Field(
-        "shards",
-        description="'shards': the Train workers score their Ray Data shards; 'actor_pool': map_batches actors.",
-    )
+    (``lhas_ray.scoring.actor_pool`` scores with a separate Ray Data actor pool instead, for pools far larger than
+    the training group scores quickly; the protocol does not use it yet.)
+    """
+
     batch_size: int = Field(256, ge=1, description="Examples per scoring batch.")
-    actor_pool_size: int = Field(2, ge=1, description="actor_pool mode: scoring actors.")
     grad_dim: int = Field(64, ge=1, description="Dimension of the random projection of per-example gradients.")
     grad_params: list[str] = Field(
         default_factory=lambda: ["last_block", "lm_head"],

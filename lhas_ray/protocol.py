@@ -36,6 +36,7 @@ from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_
 from lhas_ray.training.dist import broadcast_object, rank
 from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
 from lhas_ray.training.stage import train_steps
+from lhas_ray.training.tensorboard import log_curves
 
 log = logging.getLogger("lhas_ray.protocol")
 
@@ -139,6 +140,7 @@ class TrajectoryRunner:
                     self.store.write_part(name, unit, _rows_table(rows, **keys))
             for relpath, table in (extra or {}).items():
                 self.store.write_parquet(relpath, table)
+            log_curves(self.store, unit, curves or [])
             self.store.commit(unit)
         ray.train.report({"selector": unit.selector, "seed": unit.seed, "stage": unit.stage, **self._summary(metrics)})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -89,6 +90,8 @@ def test_run_writes_the_output_contract(clean_run):
             assert picked.num_rows == 64 and picked.column("order").to_pylist() == list(range(64))
             assert os.path.exists(os.path.join(out, f"checkpoints/{sel}/s0/stage{t}/model.safetensors"))
     assert os.path.exists(os.path.join(out, "checkpoints/_base/s0/model.safetensors"))
+    events = glob.glob(os.path.join(out, "tensorboard/random/0/events.out.tfevents.*curves-stage1"))
+    assert len(events) == 1 and os.path.getsize(events[0]) > 0
 
 
 def test_loss_high_really_picks_the_highest_loss_examples(clean_run):
