@@ -1,0 +1,37 @@
+"""The CLI: validate without Ray, clear errors with exit code 2, the closing accuracy table."""
+
+from __future__ import annotations
+
+from lhas_ray.cli import accuracy_matrices, main
+from tests.synthetic_run import build_synthetic_run
+
+
+def test_validate_accepts_the_packaged_configs(capsys):
+    assert main(["validate", "demo"]) == 0
+    assert "valid (3 stages, 13 selectors, 1 seeds)" in capsys.readouterr().out
+    assert main(["validate", "study"]) == 0
+
+
+def test_bad_config_exits_2_naming_the_field(capsys):
+    assert main(["validate", "demo", "--set", "stages.0.budget=99999"]) == 2
+    err = capsys.readouterr().err
+    assert "stages.0" in err and "larger than the pool" in err
+
+
+def test_run_without_output_is_refused_before_ray(capsys):
+    assert main(["run", "demo"]) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closing_table_shows_each_selectors_matrix(tmp_path):
+    out = str(tmp_path / "run")
+    build_synthetic_run(out, selectors=["random", "rds"], seeds=[0, 1], n_stages=2)
+    text = accuracy_matrices(out)
+    assert "random  (accuracy, mean of 2 seeds)" in text and "rds" in text
+    assert "after stage 2" in text and "eval2" in text
