@@ -174,6 +174,9 @@ class EvaluationConfig(_Strict):
     """How checkpoints are evaluated and how trajectory metrics are read."""
 
     batch_size: int = Field(256, ge=1, description="Examples per evaluation batch.")
+    accuracy: Literal["exact", "token"] = Field(
+        "exact", description="'exact': the whole answer is argmax-correct (task stages); 'token': next-token accuracy."
+    )
     lca_beta: int | None = Field(None, ge=1, description="LCA over the first beta probe steps; None = all.")
     probe_threshold: float = Field(0.5, ge=0, le=1, description="Probe accuracy for steps_to_threshold.")
 
@@ -380,4 +383,3 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> ExperimentConfig:
 def dump_config(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML that ``load_config`` accepts again."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-

@@ -127,9 +127,14 @@ class TrajectoryRunner:
     def _load(self, relpath: str):
         return load_checkpoint(self.store, relpath, self.cfg.model, self.cache_dir)
 
+    def _evaluate(self, model, tokenizer, sets: list[EvalSet]) -> list[dict]:
+        cfg = self.cfg
+        return evaluate_sets(
+            model, tokenizer, sets, cfg.model.max_length, cfg.evaluation.batch_size, cfg.evaluation.accuracy
+        )
+
     def _accuracy(self, model, tokenizer, eset: EvalSet) -> dict[str, float]:
-        rows = evaluate_sets(model, tokenizer, [eset], self.cfg.model.max_length, self.cfg.evaluation.batch_size)
-        return {r["metric"]: r["value"] for r in rows if r["skill"] == "all"}
+        return {r["metric"]: r["value"] for r in self._evaluate(model, tokenizer, [eset]) if r["skill"] == "all"}
 
     def _commit(self, unit: Unit, metrics=None, curves=None, timings=None, extra=None) -> None:
         """Write the unit's parts, then its commit marker (rank 0); all ranks wait for it."""
@@ -187,9 +192,7 @@ class TrajectoryRunner:
         if seed not in self._base_rows:
             with timer("evaluation"):
                 model, tokenizer = self._load(checkpoint_path("", seed, 0))
-                self._base_rows[seed] = evaluate_sets(
-                    model, tokenizer, self.sets, self.cfg.model.max_length, self.cfg.evaluation.batch_size
-                )
+                self._base_rows[seed] = self._evaluate(model, tokenizer, self.sets)
         timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
         self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timings)
 
@@ -249,9 +252,7 @@ class TrajectoryRunner:
 
         # 4. evaluate checkpoint t on every stage's eval set and every OOD set: row t of R
         with timer("evaluation"):
-            metrics = evaluate_sets(
-                engine.module, tokenizer, self.sets, cfg.model.max_length, cfg.evaluation.batch_size
-            )
+            metrics = self._evaluate(engine.module, tokenizer, self.sets)
         engine.destroy()
 
         # 5. probe adaptation: a short fine-tune from checkpoint t on stage t+1's fixed probe sample

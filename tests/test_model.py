@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lhas_ray.config import ModelConfig
@@ -65,3 +66,19 @@ def test_teacher_forced_exact_match_equals_greedy_decoding():
     greedy = np.array([_greedy_exact_match(model, tok, p, a) for p, a in zip(prompts, answers, strict=True)])
     assert 0 < greedy.sum() < len(greedy), greedy.sum()  # mixed outcomes, so equality is informative
     np.testing.assert_array_equal(stats["correct"], greedy)
+
+
+def test_token_accuracy_is_the_share_of_answer_tokens_predicted():
+    model, tok = build_model(ModelConfig(max_length=32), 1)
+    model.eval()
+    prompts, answers = ["rv:abcd=", "cp:ab=", "ad:12+3="], ["dcba", "ab", "15"]
+    batch = encode(tok, prompts, answers, 32)
+    stats = forward_stats(model, batch, want_emb=False)
+    with torch.no_grad():
+        pred = model(**batch).logits.argmax(-1)[:, :-1]
+    target = batch["labels"][:, 1:]
+    for i in range(3):
+        mask = target[i] != -100
+        expected = (pred[i][mask] == target[i][mask]).float().mean().item()
+        assert stats["token_acc"][i] == pytest.approx(expected)
+        assert stats["correct"][i] == (expected == 1.0)

@@ -36,7 +36,7 @@ def per_example(
     n_batches = int(np.ceil(max(len(part) for part in np.array_split(np.arange(n), w)) / batch_size)) if n else 0
     prompts = np.asarray(table.column("prompt").to_numpy(zero_copy_only=False))
     answers = np.asarray(table.column("answer").to_numpy(zero_copy_only=False))
-    losses, correct = [], []
+    losses, correct, token_acc = [], [], []
     was_training = model.training
     model.eval()
     for b in range(n_batches):
@@ -47,19 +47,20 @@ def per_example(
         stats = forward_stats(model, encode(tokenizer, prompts[idx], answers[idx], max_length), want_emb=False)
         losses.append(stats["loss"][:real])
         correct.append(stats["correct"][:real])
+        token_acc.append(stats["token_acc"][:real])
     model.train(was_training)
     local = (
         mine,
         np.concatenate(losses) if losses else np.zeros(0, np.float32),
         np.concatenate(correct) if correct else np.zeros(0, bool),
+        np.concatenate(token_acc) if token_acc else np.zeros(0, np.float32),
     )
     parts = all_gather_objects(local)
     idx = np.concatenate([p[0] for p in parts])
-    loss = np.empty(n, np.float64)
-    ok = np.empty(n, bool)
-    loss[idx] = np.concatenate([p[1] for p in parts])
-    ok[idx] = np.concatenate([p[2] for p in parts])
-    return {"loss": loss, "correct": ok}
+    out = {"loss": np.empty(n, np.float64), "correct": np.empty(n, bool), "token_acc": np.empty(n, np.float64)}
+    for i, key in enumerate(("loss", "correct", "token_acc"), start=1):
+        out[key][idx] = np.concatenate([p[i] for p in parts])
+    return out
 
 
 def summarise(

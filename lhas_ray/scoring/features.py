@@ -20,9 +20,10 @@ GRAD_FEATURES = frozenset({"grad", "grad_norm"})
 def forward_stats(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], want_emb: bool = True
 ) -> dict[str, np.ndarray]:
-    """Loss, exact match, EL2N and mean-pooled last hidden state of every example, from one forward pass.
+    """Loss, exact match, token accuracy, EL2N and mean-pooled last hidden state of every example, in one pass.
 
     Exact match is "every answer token is the argmax": with teacher forcing this equals greedy-decoding exact match.
+    Token accuracy (the share of answer tokens that are the argmax) is next-token accuracy, for text stages.
     """
     device = next(model.parameters()).device
     ids = batch["input_ids"].to(device)
@@ -37,11 +38,13 @@ def forward_stats(
         tok_loss = F.cross_entropy(logits.transpose(1, 2), safe, reduction="none") * mask
         n_tok = mask.sum(1).clamp_min(1)
         loss = tok_loss.sum(1) / n_tok
-        correct = ((logits.argmax(-1) == safe) | ~mask).all(1) & mask.any(1)
+        hit = logits.argmax(-1) == safe
+        correct = (hit | ~mask).all(1) & mask.any(1)
+        token_acc = (hit & mask).sum(1) / n_tok
         probs = logits.softmax(-1)
         onehot = F.one_hot(safe, probs.shape[-1]).to(probs.dtype)
         el2n = ((probs - onehot).norm(dim=-1) * mask).sum(1) / n_tok
-        stats = {"loss": loss, "correct": correct, "el2n": el2n}
+        stats = {"loss": loss, "correct": correct, "token_acc": token_acc, "el2n": el2n}
         if want_emb:
             hidden = out.hidden_states[-1].float()
             w = att.unsqueeze(-1).to(hidden.dtype)
