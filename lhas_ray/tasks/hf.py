@@ -1,0 +1,180 @@
+"""Any Hugging Face dataset as examples in the one schema: a ``datasets.load_dataset`` spec plus a column mapping.
+
+On a cluster the spec names a hub dataset (``path: openai/gsm8k, name: main, split: train``); offline it names local
+files through a packaged builder (``path: json, data_files: data/*.jsonl``; also ``parquet``, ``csv``, ``text``).
+The mapping says which columns are the prompt and the answer (``columns: {prompt: question, answer: answer}``) or
+that one column is plain text for language modelling (``columns: {text: content}``); ``skill`` may name a column of
+capability tags. Rows are sampled with a seed, and the columns are read as Arrow, not row by row.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, SPLITS, validate_examples
+
+LOCAL_BUILDERS = ("json", "parquet", "csv", "text", "arrow")
+
+
+class HFColumns(BaseModel):
+    """Which dataset columns become the prompt and answer, or the text, and optionally the skill tag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(None, description="Column with the conditioning text (no loss on it); omit for none.")
+    answer: str | None = Field(None, description="Column with the text to learn (loss and accuracy on it).")
+    text: str | None = Field(None, description="Column of plain text for language modelling (instead of answer).")
+    skill: str | None = Field(
+        None, description="Column with each row's capability tag; omit to use the source's skill."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> HFColumns:
+        if (self.answer is None) == (self.text is None):
+            raise ValueError("map exactly one of 'answer' (with an optional 'prompt') or 'text' to a column")
+        if self.text is not None and self.prompt is not None:
+            raise ValueError("'prompt' goes with 'answer'; a 'text' source has no prompt")
+        return self
+
+    def used(self) -> list[str]:
+        """The dataset columns this mapping reads."""
+        return [c for c in (self.prompt, self.answer, self.text, self.skill) if c is not None]
+
+
+class HFSourceConfig(BaseModel):
+    """A Hugging Face dataset (hub name or local files) read through ``datasets.load_dataset``, mapped to examples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(..., description="Hub dataset id, or a builder for local files: json, parquet, csv, text, arrow.")
+    name: str | None = Field(None, description="Dataset configuration name (load_dataset's second argument).")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="Local files or globs for a builder path; a mapping names files per split."
+    )
+    split: str = Field("train", description="Split to read; slicing works ('train[:5000]').")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    columns: HFColumns = Field(..., description="Column mapping: {prompt, answer} or {text}, optional skill.")
+    skill: str = Field("text", min_length=1, description="Skill tag of every row when columns.skill is not given.")
+    max_chars: int | None = Field(None, ge=1, description="Cut answers/texts to this many characters; None keeps all.")
+    label: str | None = Field(None, description="Name of this source in tags and errors; defaults to path.")
+    cache_dir: str | None = Field(None, description="datasets cache folder; None uses HF_DATASETS_CACHE.")
+
+    @model_validator(mode="after")
+    def _local_files(self) -> HFSourceConfig:
+        if self.path in LOCAL_BUILDERS and not self.data_files:
+            raise ValueError(f"path {self.path!r} reads local files: give data_files (a path, glob or list)")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.label or self.path
+
+
+def _check_files(spec: HFSourceConfig) -> None:
+    """Fail before datasets does, naming every local data file or glob that matches nothing."""
+    files = spec.data_files
+    if files is None:
+        return
+    if isinstance(files, Mapping):
+        items = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    else:
+        items = [files] if isinstance(files, str) else list(files)
+    missing = [f for f in items if "://" not in f and not glob.glob(os.path.expanduser(f), recursive=True)]
+    if missing:
+        raise FileNotFoundError(f"hf source {spec.source!r}: data_files not found: {missing}")
+
+
+def load_hf_table(spec: HFSourceConfig | Mapping[str, Any]) -> pa.Table:
+    """The dataset split as one Arrow table (only the mapped columns), via ``datasets.load_dataset``."""
+    import datasets
+
+    spec = HFSourceConfig.model_validate(spec) if isinstance(spec, Mapping) else spec
+    _check_files(spec)
+    data_files = spec.data_files
+    if isinstance(data_files, str):
+        data_files = os.path.expanduser(data_files)
+    ds = datasets.load_dataset(
+        spec.path,
+        spec.name,
+        data_files=data_files,
+        split=spec.split,
+        revision=spec.revision,
+        cache_dir=spec.cache_dir,
+    )
+    missing = [c for c in spec.columns.used() if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"hf source {spec.source!r}: column(s) {missing} not in the dataset; it has {ds.column_names}")
+    return ds.select_columns(spec.columns.used()).with_format("arrow")[:]
+
+
+def _text_column(table: pa.Table, column: str, where: str) -> pa.ChunkedArray:
+    """A column as strings: numbers and bools are cast, nested values (lists, dicts) are an error."""
+    col = table.column(column)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return pc.cast(col, pa.string())
+    if pa.types.is_nested(col.type) or pa.types.is_binary(col.type):
+        raise ValueError(f"{where}: column {column!r} holds {col.type}, not text; map a text column")
+    return pc.cast(col, pa.string())
+
+
+def load_hf_examples(
+    spec: HFSourceConfig | Mapping[str, Any],
+    *,
+    stage: int,
+    split: str,
+    start_id: int,
+    n: int | None = None,
+    seed: int = 0,
+) -> pa.Table:
+    """Examples in EXAMPLE_SCHEMA from a dataset spec: all rows, or n sampled with ``seed``; ids from start_id.
+
+    Rows whose answer/text is null or empty are dropped first (nothing to learn from them); a null prompt is empty.
+    """
+    spec = HFSourceConfig.model_validate(spec) if isinstance(spec, Mapping) else spec
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    where = f"hf source {spec.source!r}"
+    table = load_hf_table(spec)
+    cols = spec.columns
+    answer = _text_column(table, cols.answer or cols.text, where)
+    keep = pc.and_(pc.is_valid(answer), pc.greater(pc.utf8_length(pc.fill_null(answer, "")), 0))
+    table = table.filter(keep)
+    if n is not None and n > table.num_rows:
+        raise ValueError(f"{where}: asked for {n} examples, but it has {table.num_rows} usable rows")
+    if n is not None:
+        rows = np.sort(np.random.default_rng([seed, stage]).choice(table.num_rows, size=n, replace=False))
+        table = table.take(pa.array(rows, pa.int64()))
+    count = table.num_rows
+    answer = _text_column(table, cols.answer or cols.text, where)
+    if spec.max_chars is not None:
+        answer = pc.utf8_slice_codeunits(answer, 0, spec.max_chars)
+    prompt = (
+        pc.fill_null(_text_column(table, cols.prompt, where), "")
+        if cols.prompt
+        else pa.array([""] * count, pa.string())
+    )
+    skill = (
+        pc.fill_null(_text_column(table, cols.skill, where), spec.skill)
+        if cols.skill
+        else pa.array([spec.skill] * count, pa.string())
+    )
+    out = pa.table(
+        {
+            "example_id": pa.array(start_id + np.arange(count, dtype=np.int64)),
+            "stage": pa.array(np.full(count, stage, dtype=np.int32)),
+            "skill": skill,
+            "prompt": prompt,
+            "answer": answer,
+            "split": pa.array([split] * count, pa.string()),
+            "tags": pa.array([[spec.source]] * count, pa.list_(pa.string())),
+        }
+    )
+    return validate_examples(out, where).cast(EXAMPLE_SCHEMA)
