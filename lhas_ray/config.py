@@ -69,11 +69,58 @@ class PoolConfig(_Strict):
         return self
 
 
+class TextSourceConfig(_Strict):
+    """A language-modelling stage over real text domains (lhas_ray/tasks/text.py): code, docs, bible, fortunes, jokes."""
+
+    mix: dict[str, float] = Field(..., min_length=1, description="Pool share of each domain (shares sum to 1).")
+    max_chars: int = Field(256, ge=16, description="Longest text chunk, in characters.")
+    prompt_chars: int = Field(0, ge=0, description="Characters of each chunk given as an unscored prompt.")
+    ood_domains: list[str] = Field(default_factory=list, description="Held-out text of these domains as OOD sets.")
+
+    @model_validator(mode="after")
+    def _shares(self) -> TextSourceConfig:
+        total = sum(self.mix.values())
+        if abs(total - 1) > 1e-6 or min(self.mix.values()) < 0:
+            raise ValueError(f"mix shares must be >= 0 and sum to 1, got {self.mix} (sum {total:g})")
+        if self.prompt_chars >= self.max_chars:
+            raise ValueError(f"prompt_chars ({self.prompt_chars}) must be below max_chars ({self.max_chars})")
+        return self
+
+
+class HFStageConfig(_Strict):
+    """A stage read from Hugging Face datasets (a hub name on a cluster, or local json/jsonl/parquet/csv files)."""
+
+    pool: dict[str, Any] = Field(..., description="The pool's dataset spec (lhas_ray.tasks.hf.HFSourceConfig).")
+    eval: dict[str, Any] = Field(..., description="The eval set's dataset spec; also the source of the probe sample.")
+    ood: dict[str, dict[str, Any]] = Field(default_factory=dict, description="OOD sets by name: dataset specs.")
+
+    @field_validator("pool", "eval")
+    @classmethod
+    def _spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        from lhas_ray.tasks.hf import HFSourceConfig
+
+        return HFSourceConfig.model_validate(spec).model_dump(exclude_none=True)
+
+    @field_validator("ood")
+    @classmethod
+    def _ood_specs(cls, specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from lhas_ray.tasks.hf import HFSourceConfig
+
+        return {k: HFSourceConfig.model_validate(v).model_dump(exclude_none=True) for k, v in specs.items()}
+
+
 class StageConfig(_Strict):
     """One fine-tuning stage: its target skills, its pool, the budget k_t and the sets it is judged on."""
 
     name: str = Field(..., min_length=1, description="Stage name, used in logs and the report.")
-    targets: list[str] = Field(..., min_length=1, description="Target skills of this stage (built-in suite names).")
+    source: Literal["builtin", "text", "hf"] = Field(
+        "builtin", description="Where the stage's examples come from: the built-in suite, real text, or HF datasets."
+    )
+    targets: list[str] = Field(
+        ..., min_length=1, description="Target skills (built-in), target domains (text), or skill labels (hf)."
+    )
+    text: TextSourceConfig | None = Field(None, description="source 'text': the domains and how they mix.")
+    hf: HFStageConfig | None = Field(None, description="source 'hf': the dataset specs.")
     budget: int = Field(..., ge=1, description="k_t: how many pool examples the selector keeps.")
     pool: PoolConfig = Field(default_factory=PoolConfig, description="The candidate pool.")
     eval_size: int = Field(100, ge=1, description="Eval examples per target skill.")
@@ -88,6 +135,9 @@ class StageConfig(_Strict):
     def _budget_fits(self) -> StageConfig:
         if self.budget > self.pool.size:
             raise ValueError(f"budget ({self.budget}) is larger than the pool (pool.size = {self.pool.size})")
+        for kind in ("text", "hf"):
+            if (self.source == kind) != (getattr(self, kind) is not None):
+                raise ValueError(f"source {self.source!r}: give the '{kind}' block exactly when source is '{kind}'")
         return self
 
 
@@ -273,9 +323,21 @@ class ExperimentConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"stages: duplicate stage names {names}")
         for i, stage in enumerate(self.stages):
-            unknown = [t for t in stage.targets if t not in SKILLS]
-            if unknown:
-                raise ValueError(f"stages.{i}.targets: unknown skill(s) {unknown}; built-in skills: {sorted(SKILLS)}")
+            if stage.source == "builtin":
+                unknown = [t for t in stage.targets if t not in SKILLS]
+                if unknown:
+                    raise ValueError(
+                        f"stages.{i}.targets: unknown skill(s) {unknown}; built-in skills: {sorted(SKILLS)}"
+                    )
+            elif stage.source == "text":
+                from lhas_ray.tasks.text import DOMAINS
+
+                named = [*stage.targets, *stage.text.mix, *stage.text.ood_domains]
+                unknown = sorted({d for d in named if d.partition("/")[0] not in DOMAINS})
+                if unknown:
+                    raise ValueError(
+                        f"stages.{i}: unknown text domain(s) {unknown}; domains: {sorted(DOMAINS)} (or fortunes/<category>)"
+                    )
         return self
 
     def selector(self, key: str) -> SelectorConfig:

@@ -34,7 +34,9 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 def build_model(cfg: ModelConfig, seed: int) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """A fresh model and its tokenizer: tiny GPT-2 initialised from ``seed``, or a pretrained model from cfg.name."""
     if cfg.name != BUILTIN:
-        return load_pretrained(cfg.name, cfg)
+        from lhas_ray.pretrained import resolve_model_name
+
+        return load_pretrained(resolve_model_name(cfg.name), cfg)
     tokenizer = char_tokenizer()
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -70,9 +72,21 @@ def load_pretrained(path: str, cfg: ModelConfig | None = None) -> tuple[torch.nn
     return model, tokenizer
 
 
+def with_adapters(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """Fresh LoRA adapters on the model when ``model.lora`` is set (each stage trains its own); else the model."""
+    if cfg.lora is None:
+        return model
+    from lhas_ray.lora import apply_lora
+
+    return apply_lora(model, **cfg.lora.model_dump())
+
+
 def save_pretrained(model: torch.nn.Module, tokenizer, path: str) -> str:
-    """Save model (safetensors) and tokenizer into one HF folder."""
-    model.save_pretrained(path, safe_serialization=True)
+    """Save model (safetensors) and tokenizer into one HF folder; LoRA adapters are merged into the weights first,
+    so every checkpoint loads with plain ``from_pretrained`` and the next stage starts from the adapted model."""
+    from lhas_ray.lora import is_lora, merge_lora
+
+    (merge_lora(model) if is_lora(model) else model).save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
 

@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from lhas_ray.config import ExperimentConfig, dump_config
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
-from lhas_ray.model import build_model
+from lhas_ray.model import build_model, with_adapters
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard
 from lhas_ray.selection import SelectionContext, get_selector
@@ -124,8 +124,10 @@ class TrajectoryRunner:
     def _engine(self, model, lr: float, steps: int):
         return make_engine(model, self.ds_config, lr, self.cfg.training.weight_decay, steps)
 
-    def _load(self, relpath: str):
-        return load_checkpoint(self.store, relpath, self.cfg.model, self.cache_dir)
+    def _load(self, relpath: str, adapters: bool = True):
+        """A store checkpoint as (model, tokenizer), with fresh LoRA adapters when the config asks for them."""
+        model, tokenizer = load_checkpoint(self.store, relpath, self.cfg.model, self.cache_dir)
+        return (with_adapters(model, self.cfg.model) if adapters else model), tokenizer
 
     def _evaluate(self, model, tokenizer, sets: list[EvalSet]) -> list[dict]:
         cfg = self.cfg
@@ -166,6 +168,7 @@ class TrajectoryRunner:
         timer = Timer(progress=self.progress)
         warm = self.cfg.training.warmup
         model, tokenizer = build_model(self.cfg.model, seed)
+        model = with_adapters(model, self.cfg.model)
         curve: list[dict] = []
         if warm.steps:
             with timer("warmup"):
@@ -191,7 +194,7 @@ class TrajectoryRunner:
         timer = Timer({**fixed_costs, **seconds}, self.progress)
         if seed not in self._base_rows:
             with timer("evaluation"):
-                model, tokenizer = self._load(checkpoint_path("", seed, 0))
+                model, tokenizer = self._load(checkpoint_path("", seed, 0), adapters=False)
                 self._base_rows[seed] = self._evaluate(model, tokenizer, self.sets)
         timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
         self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timings)
@@ -209,7 +212,9 @@ class TrajectoryRunner:
         with timer("scoring"):
             columns = set(selector.requires) | set(getattr(selector, "optional", ()))
             want = columns - {"skill"}
-            reference = self._load(checkpoint_path("", seed, 0))[0].eval() if "quality" in want else None
+            reference = (
+                self._load(checkpoint_path("", seed, 0), adapters=False)[0].eval() if "quality" in want else None
+            )
             scorer = Scorer(
                 model.eval(),
                 tokenizer,

@@ -178,3 +178,72 @@ def test_zero3_trains_and_checkpoints(ray_session, tmp_path, zero_stage):
     base, _ = load_pretrained(os.path.join(out, "checkpoints/_base/s0"))
     changed = [not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters(), strict=True)]
     assert all(p.numel() > 0 for p in model.parameters()) and any(changed)
+
+
+def _tiny_llama(folder: str) -> str:
+    """A Llama-family causal LM with the built-in character tokenizer: the architecture of SmolLM2, tiny."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lhas_ray.model import char_tokenizer
+
+    tok = char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    return save_pretrained(LlamaForCausalLM(config), tok, folder)
+
+
+def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path):
+    """Stages read from jsonl files through `datasets`, a Llama-family model with LoRA adapters, next-token accuracy."""
+    import json
+
+    rng = np.random.default_rng(0)
+    for name, n in (("pool", 200), ("heldout", 60)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for _ in range(n):
+                word = "".join(rng.choice(list("abcdef"), size=rng.integers(2, 6)))
+                f.write(json.dumps({"q": f"rv:{word}=", "a": word[::-1], "kind": "reverse"}) + "\n")
+    spec = {"path": "json", "columns": {"prompt": "q", "answer": "a", "skill": "kind"}}
+    raw = micro_config(model_name=_tiny_llama(str(tmp_path / "llama")), steps=20)
+    raw["model"]["lora"] = {"r": 4, "alpha": 8}
+    raw["evaluation"] = {"accuracy": "token"}
+    raw["training"]["warmup"] = {"steps": 0}
+    raw["stages"] = [
+        {
+            "name": "hf",
+            "source": "hf",
+            "targets": ["reverse"],
+            "budget": 64,
+            "pool": {"size": 200},
+            "eval_size": 30,
+            "probe_size": 20,
+            "ood_size": 10,
+            "hf": {
+                "pool": {**spec, "data_files": str(tmp_path / "pool.jsonl")},
+                "eval": {**spec, "data_files": str(tmp_path / "heldout.jsonl")},
+                "ood": {"same": {**spec, "data_files": str(tmp_path / "heldout.jsonl")}},
+            },
+        }
+    ]
+    raw["selectors"] = [{"name": "less"}]
+    out = str(tmp_path / "out")
+    run_experiment(config_from_dict(raw), out)
+    metrics = ResultStore(out).read_table("metrics").to_pandas()
+    acc = metrics.query("eval_set == 'eval/stage1' and skill == 'all' and metric == 'accuracy'").set_index("stage")
+    assert 0 < acc.value[1] <= 1 and acc.value[1] > acc.value[0]  # next-token accuracy rose over the base model
+    merged, _ = load_pretrained(os.path.join(out, "checkpoints/less/s0/stage1"))  # adapters merged: plain HF load
+    base, _ = load_pretrained(os.path.join(out, "checkpoints/_base/s0"))
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(merged.parameters(), base.parameters(), strict=True))
+    feats = pq.read_table(os.path.join(out, "features/less/s0/stage1.parquet"))
+    assert feats.num_rows == 200 and "grad" in feats.column_names

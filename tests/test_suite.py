@@ -109,3 +109,49 @@ def test_tables_follow_the_schema_and_ids_are_unique_across_sets():
     ids = np.concatenate([t.column("example_id").to_numpy() for t in tables])
     assert len(np.unique(ids)) == len(ids)
     assert all(t.schema.equals(EXAMPLE_SCHEMA) for t in tables)
+
+
+def test_text_stages_build_from_the_standard_library_and_pydoc():
+    from lhas_ray.config import config_from_dict
+
+    raw = {
+        "stages": [
+            {
+                "name": "code",
+                "source": "text",
+                "targets": ["code"],
+                "budget": 20,
+                "pool": {"size": 60},
+                "eval_size": 10,
+                "ood_size": 5,
+                "probe_size": 8,
+                "text": {"mix": {"code": 0.5, "docs": 0.5}, "max_chars": 64, "ood_domains": ["docs"]},
+            }
+        ],
+        "selectors": [{"name": "random"}],
+        "evaluation": {"accuracy": "token"},
+    }
+    suite = build_suite(config_from_dict(raw))
+    stage = suite.stages[0]
+    assert stage.pool.num_rows == 60 and set(stage.pool.column("skill").to_pylist()) == {"code", "docs"}
+    assert stage.eval.num_rows == 10 and set(stage.ood) == {"ood/docs"}
+    assert stage.probe.num_rows == 8 and suite.proxy.num_rows > 0
+    ids = np.concatenate(
+        [t.column("example_id").to_numpy() for t in (stage.pool, stage.eval, stage.probe, *stage.ood.values())]
+    )
+    assert len(np.unique(ids)) == len(ids)
+    # held-out text never shares a chunk with training text
+    assert not set(stage.eval.column("answer").to_pylist()) & set(stage.pool.column("answer").to_pylist())
+
+
+def test_unknown_text_domain_names_the_domains():
+    from lhas_ray.config import ConfigError, config_from_dict
+
+    raw = {
+        "stages": [
+            {"name": "x", "source": "text", "targets": ["poetry"], "budget": 1, "text": {"mix": {"poetry": 1.0}}}
+        ],
+        "selectors": [{"name": "random"}],
+    }
+    with pytest.raises(ConfigError, match=r"unknown text domain.*poetry.*code"):
+        config_from_dict(raw)

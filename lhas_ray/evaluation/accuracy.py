@@ -63,18 +63,15 @@ def per_example(
     return out
 
 
-def summarise(
-    name: str, eval_stage: int | None, skills: np.ndarray, loss: np.ndarray, correct: np.ndarray
-) -> list[dict]:
+def summarise(name: str, eval_stage: int | None, skills: np.ndarray, loss: np.ndarray, score: np.ndarray) -> list[dict]:
     """Rows (eval_set, eval_stage, skill, metric, value): 'all' plus one per skill, accuracy and loss."""
     rows = []
     uniq, inv = np.unique(skills, return_inverse=True)
     counts = np.bincount(inv, minlength=len(uniq))
-    acc = np.bincount(inv, weights=correct.astype(np.float64), minlength=len(uniq)) / counts
+    acc = np.bincount(inv, weights=score.astype(np.float64), minlength=len(uniq)) / counts
     mean_loss = np.bincount(inv, weights=loss, minlength=len(uniq)) / counts
-    groups = [("all", float(correct.mean()), float(loss.mean()))] + list(
-        zip(uniq.tolist(), acc, mean_loss, strict=True)
-    )
+    groups = [("all", float(score.mean()), float(loss.mean()))]
+    groups += list(zip(uniq.tolist(), acc, mean_loss, strict=True))
     for skill, a, lo in groups:
         rows.append(
             {"eval_set": name, "eval_stage": eval_stage, "skill": skill, "metric": "accuracy", "value": float(a)}
@@ -84,12 +81,16 @@ def summarise(
 
 
 def evaluate_sets(
-    model: torch.nn.Module, tokenizer, sets: list[EvalSet], max_length: int, batch_size: int
+    model: torch.nn.Module, tokenizer, sets: list[EvalSet], max_length: int, batch_size: int, accuracy: str = "exact"
 ) -> list[dict]:
-    """Accuracy and loss rows for every set, on every rank."""
+    """Accuracy and loss rows for every set, on every rank.
+
+    ``accuracy``: 'exact' (the whole answer, for task stages) or 'token' (next-token accuracy, for text stages).
+    """
+    key = {"exact": "correct", "token": "token_acc"}[accuracy]
     rows: list[dict] = []
     for s in sets:
         res = per_example(model, tokenizer, s.table, max_length, batch_size)
         skills = np.asarray(s.table.column("skill").to_numpy(zero_copy_only=False))
-        rows += summarise(s.name, s.eval_stage, skills, res["loss"], res["correct"])
+        rows += summarise(s.name, s.eval_stage, skills, res["loss"], res[key])
     return rows
