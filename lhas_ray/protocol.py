@@ -453,6 +453,7 @@ def pool_dataset(pool: pa.Table, num_workers: int, rows_per_block: int = 4096) -
 def run_experiment(cfg: ExperimentConfig, out: str, address: str | None = None) -> ResultStore:
     """Run (or resume) every trajectory of the experiment into ``out``; returns the store."""
     store = ResultStore(out)
+    out = store.uri  # absolute: the Train workers do not share the driver's working directory
     ensure_same_run(store, cfg)
     ray_start = init_ray(cfg, address)
     quiet_libraries()

@@ -55,8 +55,9 @@ class ResultStore:
     """Reads and writes one run's output folder; every write is atomic (temporary name, then rename)."""
 
     def __init__(self, uri: str):
-        self.uri = uri
         self.fs, self.root = _resolve(uri)
+        # a relative path is made absolute here: Ray workers run in other working directories
+        self.uri = self.root if isinstance(self.fs, pafs.LocalFileSystem) and "://" not in uri else uri
 
     # --- paths ---------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:

@@ -46,3 +46,12 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
 
 def test_selector_names_are_made_safe_for_paths():
     assert Unit("lhas/v2 wide", 1, 2).key == "lhas-v2-wide__s1__t2"
+
+
+def test_relative_paths_become_absolute_for_workers_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = ResultStore("outputs/run")
+    assert store.uri == str(tmp_path / "outputs" / "run")
+    store.write_bytes("config.yaml", b"x: 1\n")
+    monkeypatch.chdir("/")  # a worker's working directory
+    assert ResultStore(store.uri).read_bytes("config.yaml") == b"x: 1\n"
