@@ -176,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"lhas-ray: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a failed Train run: say where the results are and how to resume
+        from ray.train import TrainingFailedError
+
+        if not isinstance(e, TrainingFailedError):
+            raise
+        print(
+            f"lhas-ray: training failed: {e}\nEvery completed stage is saved; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

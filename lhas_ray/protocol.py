@@ -292,13 +292,15 @@ class TrajectoryRunner:
         )
         if need & {"target_grads", "target_embs"}:
             # the stage's target examples: its probe sample (labelled, never its eval set)
-            target = ref.score_batches([stage.probe])
+            target = ref.score_batches(_batches(stage.probe, self.cfg.scoring.batch_size))
             skills = np.asarray(stage.probe.sort_by("example_id").column("skill").to_numpy(zero_copy_only=False))
             grads = _matrix(target, "grad")
             ctx.target_grads = np.stack([grads[skills == s].mean(0) for s in sorted(set(skills))])
             ctx.target_embs = _matrix(target, "emb")
         if "proxy_grad" in need:
-            ctx.proxy_grad = _matrix(ref.score_batches([self.suite.proxy]), "grad").mean(0)
+            ctx.proxy_grad = _matrix(
+                ref.score_batches(_batches(self.suite.proxy, self.cfg.scoring.batch_size)), "grad"
+            ).mean(0)
         return ctx
 
     def probe(self, selector_key: str, seed: int, t: int) -> list[dict]:
@@ -339,6 +341,11 @@ class TrajectoryRunner:
             else:
                 self.stage_unit(selector_key, seed, t)
             self.progress.done_units += 1
+
+
+def _batches(table: pa.Table, size: int) -> list[pa.Table]:
+    """Slices of at most ``size`` rows: per-example gradients hold a batch's activations at once."""
+    return [table.slice(i, size) for i in range(0, table.num_rows, size)]
 
 
 def _matrix(table: pa.Table, column: str) -> np.ndarray:
