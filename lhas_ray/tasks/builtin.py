@@ -89,6 +89,17 @@ def _sort_rows(mat: np.ndarray) -> np.ndarray:
     return out
 
 
+def _string_answer(skill: str, mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """The answer matrix of a string skill (copy, reverse, sort, sort_reverse) for input rows ``mat``."""
+    if skill == "copy":
+        return mat
+    if skill == "reverse":
+        return _reverse_rows(mat, lens)
+    if skill == "sort":
+        return _sort_rows(mat)
+    return _reverse_rows(_sort_rows(mat), lens)
+
+
 def _digits_to_int(mat: np.ndarray) -> np.ndarray:
     """Rows of ASCII digits (zero padded at the end) -> int64 values."""
     digits = np.where(mat == 0, 0, mat.astype(np.int64) - 48)
@@ -112,13 +123,7 @@ def _generate_skill(skill: str, rng: np.random.Generator, n: int, lo: int, hi: i
     lens = rng.integers(lo, hi + 1, size=n)
     if skill in ("copy", "reverse", "sort", "sort_reverse"):
         mat = _random_chars(rng, lens, LETTERS)
-        ans = {
-            "copy": lambda: mat,
-            "reverse": lambda: _reverse_rows(mat, lens),
-            "sort": lambda: _sort_rows(mat),
-            "sort_reverse": lambda: _reverse_rows(_sort_rows(mat), lens),
-        }[skill]()
-        return _to_str(mat), _to_str(ans)
+        return _to_str(mat), _to_str(_string_answer(skill, mat, lens))
     if skill in ("add", "reverse_add"):
         lens_b = rng.integers(lo, hi + 1, size=n)
         a = _random_chars(rng, lens, DIGITS)
@@ -273,13 +278,7 @@ def _swap_last_symbol(skill: str, prompts: np.ndarray, rng: np.random.Generator)
     width = int(lens.max())
     mat = body.astype(f"S{width}").view(np.uint8).reshape(len(body), width).copy()
     mat[np.arange(len(body)), lens - 1] = LETTERS[rng.integers(0, len(LETTERS), size=len(body))]
-    ans = {
-        "copy": lambda: mat,
-        "reverse": lambda: _reverse_rows(mat, lens),
-        "sort": lambda: _sort_rows(mat),
-        "sort_reverse": lambda: _reverse_rows(_sort_rows(mat), lens),
-    }[skill]()
-    return _cat(f"{OPS[skill]}:", _to_str(mat), "="), _to_str(ans)
+    return _cat(f"{OPS[skill]}:", _to_str(mat), "="), _to_str(_string_answer(skill, mat, lens))
 
 
 def _corrupt(answers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
