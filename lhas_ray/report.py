@@ -367,26 +367,67 @@ def _fig_timings(timings: pd.DataFrame) -> _Figure:
 
 def _trial_columns(trials: pd.DataFrame) -> tuple[str | None, str | None]:
     """Guess the trial-order and objective columns of a tuning table."""
-    order = next((c for c in ("trial", "trial_number", "number", "trial_id", "iteration") if c in trials), None)
+    order = next((c for c in ("trial_number", "trial", "number", "trial_id", "iteration") if c in trials), None)
     objective = next((c for c in ("objective", "value", "score", "metric_value") if c in trials), None)
     return order, objective
 
 
 def _fig_trials(trials: pd.DataFrame) -> _Figure | None:
+    """The tuning section: objective over trials, the immediate-vs-objective Pareto front, parameter importances."""
     order, objective = _trial_columns(trials)
     if objective is None or trials.empty:
         return None
-    t = trials.sort_values(order) if order else trials
-    x = np.arange(1, len(t) + 1)
-    y = pd.to_numeric(t[objective], errors="coerce").to_numpy()
-    fig = Figure(figsize=(6, 3.2))
-    ax = fig.subplots()
-    ax.plot(x, y, marker="o", ms=4, lw=1)
-    ax.set_xlabel("trial (in order)" if order else "trial (file order)", fontsize=8)
-    ax.set_ylabel(objective, fontsize=8)
-    return _Figure(
-        "tuning", "tuning", "Tuning objective over trials", f"Column {objective!r} of trials.parquet.", _png(fig)
-    )
+    t = trials.sort_values(order, kind="stable") if order else trials
+    y = pd.to_numeric(t[objective], errors="coerce").to_numpy(dtype=float)
+    status = t["status"].to_numpy() if "status" in t else np.full(len(t), "completed")
+    done = status == "completed"
+    immediate = "immediate_score" if "immediate_score" in t else None
+    panels = ["trials"] + (["pareto"] if immediate and done.sum() >= 1 else [])
+    importances = pd.Series(dtype=float)
+    if any(c.startswith("param_") for c in t.columns):
+        from lhas_ray.search_space import param_importances
+
+        importances = param_importances(t, objective).sort_values()
+        if not importances.empty:
+            panels.append("importances")
+    fig = Figure(figsize=(5.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    captions = []
+    for ax, panel in zip(axes, panels, strict=True):
+        if panel == "trials":
+            x = np.arange(1, len(t) + 1)
+            ax.plot(x[done], y[done], "o", ms=5, color="tab:blue", label="completed")
+            if (~done).any():
+                ax.plot(x[~done], y[~done], "o", ms=5, mfc="none", color="tab:gray", label="stopped or failed")
+            best = np.fmax.accumulate(np.where(done & np.isfinite(y), y, -np.inf))
+            ax.step(
+                x, np.where(np.isfinite(best), best, np.nan), where="post", color="tab:red", lw=1, label="best so far"
+            )
+            ax.set_xlabel("trial (in order)" if order else "trial (file order)", fontsize=8)
+            ax.set_ylabel(objective, fontsize=8)
+            ax.legend(fontsize=7)
+            ax.set_title("Objective over trials", fontsize=9)
+            captions.append(f"Objective over trials: column {objective!r} of trials.parquet, best completed so far.")
+        elif panel == "pareto":
+            xs = pd.to_numeric(t[immediate], errors="coerce").to_numpy(dtype=float)[done]
+            ys = y[done]
+            front = pareto_front(xs, ys)
+            ax.plot(xs, ys, "o", ms=5, color="tab:blue")
+            ax.scatter(xs[front], ys[front], s=140, facecolors="none", edgecolors="red", lw=1.5, zorder=3)
+            o = np.argsort(xs[front])
+            ax.plot(xs[front][o], ys[front][o], color="red", ls="--", lw=1)
+            ax.set_xlabel(f"{immediate} (higher is better)", fontsize=8)
+            ax.set_ylabel(f"{objective} (higher is better)", fontsize=8)
+            ax.set_title("Pareto front", fontsize=9)
+            captions.append("Pareto front: completed trials, immediate score against objective; red: the front.")
+        else:
+            ax.barh(importances.index, importances.to_numpy(), color="tab:green")
+            ax.set_xlabel(f"importance for {objective} (fANOVA, sums to 1)", fontsize=8)
+            ax.set_title("Parameter importances", fontsize=9)
+            captions.append("Parameter importances: Optuna's fANOVA importance over the completed trials.")
+        ax.tick_params(labelsize=7)
+    fig.subplots_adjust(wspace=0.35)
+    return _Figure("tuning", "tuning", "Tuning", " ".join(captions), _png(fig))
 
 
 # --- the verdict ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,323 @@
+"""``lhas-ray tune``: trial and best configs, scheduling, a bad space failing before Ray, a NaN trial failing while
+the sweep goes on, and a real sweep killed mid-way, resumed (finished trials untouched) with a Train worker killed
+and the trial retried."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import psutil
+import pytest
+import ray.cloudpickle
+import yaml
+
+from lhas_ray import cli
+from lhas_ray.config import ConfigError, config_from_dict, load_config
+from lhas_ray.search_space import parse_search_space
+from lhas_ray.store import ResultStore, Unit
+from lhas_ray.tuning import (
+    best_config,
+    run_sweep,
+    trial_concurrency,
+    trial_config,
+    tuned_selector,
+)
+from tests.test_protocol import micro_config
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stub protocol below runs inside Tune trials
+
+
+def sweep_config(**tune) -> dict:
+    """The micro protocol with one Train worker, an lhas selector with a non-default param, and a small sweep."""
+    raw = micro_config(num_workers=1, steps=20, warmup={"steps": 20, "size": 256, "lr": 3e-3})
+    raw["selectors"] = [{"name": "random"}, {"name": "lhas", "params": {"knn": 16, "l_c": 0.5}}]
+    raw["tune"] = {"trials": 2, "max_concurrent": 1, "scheduler": "fifo", "seed": 0, **tune}
+    return raw
+
+
+SPACE = {
+    "params": {"l_u": {"type": "uniform", "low": 0.1, "high": 2.0}, "l_a": {"type": "uniform", "low": 0, "high": 2}}
+}
+
+
+# --- configs, concurrency, scheduling (no Ray) -----------------------------------------------------------------------
+def test_trial_and_best_configs_keep_the_users_other_params(tmp_path):
+    cfg = config_from_dict(sweep_config())
+    trial = trial_config(cfg, {"l_u": 0.3, "l_a": 1.5})
+    assert [s.key for s in trial.selectors] == ["lhas"]
+    assert trial.selectors[0].params == {"knn": 16, "l_c": 0.5, "l_u": 0.3, "l_a": 1.5}
+    best = best_config(cfg, {"l_u": 0.3, "l_a": 1.5})
+    assert [s.key for s in best.selectors] == ["random", "lhas"]  # the baselines stay for a comparison run
+    assert best.selectors[1].params["l_u"] == 0.3 and best.selectors[1].params["knn"] == 16
+    with pytest.raises(ConfigError, match="tune.selector: 'random' is not an lhas selector"):
+        tuned_selector(config_from_dict(sweep_config(selector="random")))
+
+
+def test_concurrency_comes_from_cluster_resources():
+    cfg = config_from_dict(sweep_config(max_concurrent=None))
+    assert trial_concurrency(cfg, {"CPU": 2}) == 2  # one 1-CPU Train worker per trial
+    assert trial_concurrency(cfg, {"CPU": 0.5}) == 1
+    raw = sweep_config(max_concurrent=None)
+    raw["training"].update(num_workers=2, use_gpu=True, cpus_per_worker=4)
+    assert trial_concurrency(config_from_dict(raw), {"CPU": 64, "GPU": 6}) == 3  # GPUs are the limit
+    assert trial_concurrency(config_from_dict(sweep_config(max_concurrent=5)), {"CPU": 1}) == 5
+
+
+def test_asha_judges_after_every_stage_but_the_last():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from lhas_ray.tuning import _scheduler
+
+    raw = sweep_config(scheduler="asha", grace_period=1, reduction_factor=2)
+    raw["stages"] = [{**s, "name": f"s{i}"} for i, s in enumerate(raw["stages"] * 2)]
+    raw["seeds"] = [0, 1]  # 8 stage units: rungs at units 1, 2, 4; unit 8 (the end) is no rung
+    asha = _scheduler(config_from_dict(raw))
+    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "stages_done"
+    assert [m for m, _ in asha._brackets[0]._rungs] == [4, 2, 1]
+    raw.update(seeds=[0], stages=raw["stages"][:1])
+    assert isinstance(_scheduler(config_from_dict(raw)), FIFOScheduler)  # one stage: nothing to stop early
+
+
+def test_a_bad_search_space_fails_before_any_trial_or_ray(tmp_path, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(sweep_config()))
+    space = tmp_path / "bad.yaml"
+    space.write_text(yaml.safe_dump({"params": {"l_u": {"type": "loguniform", "low": 0, "high": 1}}}))
+    out = tmp_path / "sweep"
+    assert cli.main(["tune", str(cfg_path), "--space", str(space), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "params.l_u.low: must be > 0" in err and str(space) in err
+    assert not out.exists()  # nothing was written, no trial started
+    assert cli.main(["tune", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "holds no sweep to resume" in capsys.readouterr().err
+    bad_formula = ["tune", str(cfg_path), "--space", "lhas_default", "-o", str(out), "--set", "tune.objective=acc+x"]
+    assert cli.main(bad_formula) == 2
+    assert "tune.objective: unknown name 'x'" in capsys.readouterr().err and not out.exists()
+
+
+# --- the sweep machinery with a stand-in protocol (no Train run) ------------------------------------------------------
+def fake_protocol(cfg, out, suite, pools, group, fixed, name, callbacks):
+    """Commit every unit with accuracy 0.5 if l_u >= 1 else 0 (so 'acc / acc' is 1 or NaN), as the protocol would."""
+    import pyarrow as pa
+
+    store = ResultStore(out)
+    acc = 0.5 if cfg.selectors[0].params["l_u"] >= 1 else 0.0
+    n = len(cfg.stages)
+    for selector, seed in group:
+        for t in range(n + 1):
+            rows = [(selector, seed, t, f"eval/stage{j}", j, "all", "accuracy", acc) for j in range(1, n + 1)]
+            cols = ["selector", "seed", "stage", "eval_set", "eval_stage", "skill", "metric", "value"]
+            table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
+            store.write_part("metrics", Unit(selector, seed, t), table)
+            store.commit(Unit(selector, seed, t))
+
+
+def test_nan_objective_fails_that_trial_and_the_sweep_goes_on(ray_session, tmp_path):
+    cfg = config_from_dict(sweep_config(trials=3, max_concurrent=3, objective="acc / acc", max_failures=1))
+    space = parse_search_space({"params": {"l_u": {"type": "choice", "values": [0.5, 1.5]}}})
+    out = "file://" + str(tmp_path / "sweep")  # a URI: the store and Tune both go through pyarrow.fs
+    result = run_sweep(cfg, space, out, protocol=fake_protocol)
+    t = result.trials.set_index("trial")
+    assert len(t) == 3 and set(t["status"]) == {"failed", "completed"}
+    failed = t[t["status"] == "failed"]
+    assert (failed["param_l_u"] == 0.5).all() and failed["error"].str.contains("NaN").all()
+    assert (t.loc[t["status"] == "completed", "objective"] == 1.0).all()
+    assert result.best["param_l_u"] == 1.5
+    best = load_config(str(tmp_path / "sweep" / "best_config.yaml"))
+    assert best.selector("lhas").params == {"knn": 16, "l_c": 0.5, "l_u": 1.5}
+    stored = pd.read_parquet(tmp_path / "sweep" / "trials.parquet")
+    assert list(stored["trial"]) == sorted(stored["trial"]) and stored["trial_number"].tolist() == [1, 2, 3]
+
+
+def test_placement_groups_of_dead_train_controllers_are_reaped(ray_session):
+    """A trial ASHA stops kills its Train controller; the group it left holding CPUs must go (no state API here)."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    from lhas_ray.tuning import remove_orphaned_placement_groups
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def start(self) -> None:
+            self.pg = placement_group([{"CPU": 1}])
+            ray.get(self.pg.ready())
+
+    tune_like = placement_group([{"memory": 2**20}])  # made by the driver, as Tune makes its trials' groups
+    ray.get(tune_like.ready())
+    free = ray.available_resources().get("CPU", 0)
+    controller = Controller.remote()
+    ray.get(controller.start.remote())
+    assert remove_orphaned_placement_groups() == 0  # its creator is alive: kept
+    ray.kill(controller)
+    deadline = time.time() + 30
+    while remove_orphaned_placement_groups() == 0 and time.time() < deadline:
+        time.sleep(0.5)
+    while ray.available_resources().get("CPU", 0) < free and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == free
+    assert ray.util.placement_group_table(tune_like)["state"] == "CREATED"  # the driver's groups are never touched
+    ray.util.remove_placement_group(tune_like)
+
+
+# --- run: trajectory groups side by side as Tune trials ----------------------------------------------------------------
+@pytest.mark.slow
+def test_run_puts_trajectory_groups_side_by_side_as_tune_trials(ray_session, tmp_path):
+    from lhas_ray.protocol import run_experiment
+
+    raw = micro_config(num_workers=1, steps=10, warmup={"steps": 10, "size": 256, "lr": 3e-3})
+    raw["stages"] = raw["stages"][:1]
+    raw["seeds"] = [0, 1]  # one seed per group: each group makes its own seed's base checkpoint
+    raw["selectors"] = [{"name": "random"}]
+    raw["ray"] = {"concurrent_trajectories": 2}
+    out = str(tmp_path / "run")
+    run_experiment(config_from_dict(raw), out)
+    store = ResultStore(out)
+    assert {(u.selector, u.seed, u.stage) for u in store.committed_units()} == {
+        ("random", s, t) for s in (0, 1) for t in (0, 1)
+    }
+    metrics = store.read_table("metrics").to_pandas()
+    assert not metrics.duplicated(["selector", "seed", "stage", "eval_set", "skill", "metric"]).any()
+    (experiment,) = glob.glob(os.path.join(out, "_tune", "groups-*"))
+    assert len(glob.glob(os.path.join(experiment, "*", "result.json"))) == 2  # two trials, one Train run each
+    timings = store.read_table("timings").to_pandas()
+    starts = timings[timings.phase == "worker_start"]
+    assert len(starts) == 2  # each group paid Train start-up once
+
+
+# --- a real sweep: killed mid-way, resumed, a Train worker killed and the trial retried -------------------------------
+def _tune_state(out: str) -> dict[str, dict]:
+    """Tune's saved state per trial name: status and failure counts."""
+    states = {}
+    for path in sorted(glob.glob(os.path.join(out, "_tune", "sweep", "experiment_state-*.json")))[-1:]:
+        try:
+            data = json.load(open(path))
+        except (json.JSONDecodeError, OSError):
+            return {}
+        for trial_json, runtime_json in data["trial_data"]:
+            trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+            states[trial["custom_dirname"]] = {"status": trial["status"], **runtime}
+    return states
+
+
+def _kill_train_worker_after(marker_glob: str, killed: list, deadline: float) -> None:
+    """Once a unit matching marker_glob is committed, SIGKILL this Ray session's Train worker(s)."""
+    import ray
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    while time.time() < deadline and not glob.glob(marker_glob):
+        time.sleep(0.2)
+    for p in raylet.children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                p.kill()
+                killed.append((p.pid, time.time()))
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(ray_session, tmp_path_factory):
+    """Start `lhas-ray tune` (2 trials, one at a time), kill it once trial 2 has begun, resume with --resume OUT."""
+    tmp = tmp_path_factory.mktemp("tune")
+    cfg_path, space_path, out = tmp / "c.yaml", tmp / "space.yaml", str(tmp / "sweep")
+    cfg_path.write_text(yaml.safe_dump(sweep_config()))
+    space_path.write_text(yaml.safe_dump(SPACE))
+    log = open(tmp / "first.log", "w")
+    cmd = [sys.executable, "-m", "lhas_ray.cli", "tune", str(cfg_path), "--space", str(space_path), "-o", out]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+    deadline = time.time() + 420
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            state = _tune_state(out)
+            first_done = any(s["status"] == "TERMINATED" for s in state.values())
+            if first_done and glob.glob(os.path.join(out, "trials", "t002_*", "_committed", "lhas__s0__t0.json")):
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    state = _tune_state(out)
+    assert [s["status"] for s in state.values()].count("TERMINATED") == 1, (
+        state,
+        open(tmp / "first.log").read()[-3000:],
+    )
+    first = next(name for name, s in state.items() if s["status"] == "TERMINATED")
+    second = next(name for name in state if name != first)
+    before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "trials", first, "_committed", "*.json"))}
+    before[os.path.join(out, "_tune", "sweep", first, "result.json")] = 0.0
+    before = {p: os.path.getmtime(p) for p in before}
+    assert not os.path.exists(os.path.join(out, "trials", second, "_committed", "lhas__s0__t2.json"))
+
+    killed: list = []
+    marker = os.path.join(out, "trials", second, "_committed", "lhas__s0__t1.json")
+    killer = threading.Thread(target=_kill_train_worker_after, args=(marker, killed, time.time() + 300), daemon=True)
+    killer.start()
+    started = time.time()
+    code = cli.main(["tune", "--resume", out])
+    killer.join(timeout=1)
+    return {
+        "out": out,
+        "code": code,
+        "first": first,
+        "second": second,
+        "before": before,
+        "killed": killed,
+        "resumed_at": started,
+        "cfg_path": str(cfg_path),
+    }
+
+
+@pytest.mark.slow
+def test_resumed_sweep_does_not_rerun_finished_trials(resumed_sweep):
+    r = resumed_sweep
+    assert r["code"] == 0
+    for path, mtime in r["before"].items():  # the finished trial: not a file touched
+        assert os.path.getmtime(path) == mtime, path
+    trials = pd.read_parquet(os.path.join(r["out"], "trials.parquet"))
+    assert trials["status"].tolist() == ["completed", "completed"]
+    assert trials["trial"].tolist() == [r["first"], r["second"]]
+    assert (trials["stages_done"] == 2).all() and trials["objective"].notna().all()
+    assert {"param_l_u", "param_l_a", "immediate_score", "acc", "forgetting", "training_steps"} <= set(trials.columns)
+
+
+@pytest.mark.slow
+def test_a_killed_train_worker_is_retried_and_the_trial_completes(resumed_sweep):
+    r = resumed_sweep
+    assert r["killed"], "no Train worker was found to kill"
+    state = _tune_state(r["out"])[r["second"]]
+    assert state["status"] == "TERMINATED" and state["num_failures"] >= 1
+    last = os.path.join(r["out"], "trials", r["second"], "_committed", "lhas__s0__t2.json")
+    assert os.path.getmtime(last) > r["killed"][0][1]  # stage 2 was committed by the retry
+
+
+@pytest.mark.slow
+def test_every_stage_reaches_tune_and_the_outputs_are_complete(resumed_sweep):
+    r = resumed_sweep
+    out = r["out"]
+    progress = pd.read_json(os.path.join(out, "_tune", "sweep", r["first"], "result.json"), lines=True)
+    assert progress["stages_done"].tolist() == [1, 2, 2]  # after each stage (what ASHA judges), then the end
+    assert progress["objective"].notna().all()
+    pareto = pd.read_parquet(os.path.join(out, "pareto.parquet"))
+    assert 1 <= len(pareto) <= 2 and set(pareto["trial"]) <= {r["first"], r["second"]}
+    best = load_config(os.path.join(out, "best_config.yaml"))  # `lhas-ray run` accepts it as is
+    assert [s.key for s in best.selectors] == ["random", "lhas"] and best.selector("lhas").params["knn"] == 16
+    assert cli.main(["validate", os.path.join(out, "best_config.yaml")]) == 0
+    page = open(os.path.join(out, "report.html")).read()
+    assert "<section id='tuning'>" in page and r["first"] in page
+    for trial in (r["first"], r["second"]):  # each trial is a full run folder
+        assert ResultStore(os.path.join(out, "trials", trial)).is_run()
+    phases = {
+        t: set(ResultStore(os.path.join(out, "trials", t)).read_table("timings").to_pandas()["phase"])
+        for t in (r["first"], r["second"])
+    }
+    assert "warmup" in phases[r["first"]] and "warmup" not in phases[r["second"]]  # the base was shared
+    assert not math.isnan(pd.read_parquet(os.path.join(out, "trials.parquet"))["objective"].iloc[0])
