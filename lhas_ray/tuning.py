@@ -131,11 +131,17 @@ def objective_names(cfg: ExperimentConfig) -> list[str]:
     return [IMMEDIATE, OBJECTIVE] if cfg.tune.multi_objective else [OBJECTIVE]
 
 
-def trial_scores(store: ResultStore, cfg: ExperimentConfig) -> dict[str, float]:
-    """Objectives and metrics at each seed's latest committed stage (mean over seeds), and the stages committed."""
+def trial_scores(store: ResultStore, cfg: ExperimentConfig, upto: tuple[int, int] | None = None) -> dict[str, float]:
+    """Objectives and metrics at each seed's latest committed stage (mean over seeds), and the stages committed.
+
+    ``upto=(seed, stage)`` scores the trial as it stood when that unit was committed (seeds run in ``cfg.seeds``
+    order), so every report, and ASHA's judgement of it, is about the same point of every trial.
+    """
     formulas = {OBJECTIVE: parse_formula(cfg.tune.objective), IMMEDIATE: parse_formula(cfg.tune.immediate)}
     empty = {OBJECTIVE: math.nan, IMMEDIATE: math.nan, STAGES_DONE: 0}
     metrics, curves, _ = read_long_tables(store)
+    if metrics is not None and upto is not None:
+        metrics, curves = (_as_of(df, cfg, *upto) if df is not None else None for df in (metrics, curves))
     if metrics is None or not (metrics["stage"] > 0).any():
         return empty
     ev = cfg.evaluation
@@ -147,6 +153,13 @@ def trial_scores(store: ResultStore, cfg: ExperimentConfig) -> dict[str, float]:
     out = {k: float(v) for k, v in latest.mean(skipna=False).items()}
     out[STAGES_DONE] = len(scores)
     return out
+
+
+def _as_of(df: pd.DataFrame, cfg: ExperimentConfig, seed: int, stage: int) -> pd.DataFrame:
+    """Rows of the units committed up to (seed, stage): earlier seeds whole, this seed's stages <= stage."""
+    order = {s: i for i, s in enumerate(cfg.seeds)}
+    position = df["seed"].map(order)
+    return df[(position < order[seed]) | ((df["seed"] == seed) & (df["stage"] <= stage))]
 
 
 def training_steps(store: ResultStore, cfg: ExperimentConfig) -> int:
@@ -166,11 +179,12 @@ class ObjectiveReportCallback(UserCallback):
         self._tune = TuneReportCallback()
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        """Skip stage 0 (nothing to score yet); add the objectives to rank 0's report and hand it to Tune."""
+        """Skip stage 0 (nothing to score yet); add the objectives as of this unit to rank 0's report, hand it on."""
         row = dict(metrics[0])
         if int(row.get("stage", 0)) == 0:
             return
-        scores = trial_scores(ResultStore(self.out), ExperimentConfig.model_validate(self.cfg))
+        upto = (int(row["seed"]), int(row["stage"]))
+        scores = trial_scores(ResultStore(self.out), ExperimentConfig.model_validate(self.cfg), upto=upto)
         self._tune.after_report(run_context, [{**row, **scores}], checkpoint)
 
 
