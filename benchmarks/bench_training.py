@@ -34,6 +34,7 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from lhas_ray.config import ModelConfig, TrainingConfig  # noqa: E402
+from lhas_ray.local_ray import start_local_ray  # noqa: E402
 from lhas_ray.model import build_model, encode, load_pretrained, save_pretrained  # noqa: E402
 from lhas_ray.tasks.text import text_examples  # noqa: E402
 from lhas_ray.training.engine import lr_lambda  # noqa: E402
@@ -199,7 +200,7 @@ def ray_train(ckpt: str, examples: pa.Table, args: argparse.Namespace, storage: 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ray.init(num_cpus=args.workers * args.cpus_per_worker, include_dashboard=False, log_to_driver=args.verbose)
+    start_local_ray(args.workers * args.cpus_per_worker, log_to_driver=args.verbose)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={

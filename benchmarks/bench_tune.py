@@ -24,9 +24,9 @@ import time
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
-import ray  # noqa: E402
 
 from lhas_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
+from lhas_ray.local_ray import start_local_ray  # noqa: E402
 from lhas_ray.protocol import run_experiment  # noqa: E402
 from lhas_ray.search_space import load_search_space  # noqa: E402
 from lhas_ray.store import ResultStore  # noqa: E402
@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--keep", help="write the sweeps into this (new) folder and keep them; default: a temporary one")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    start_local_ray(log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         work = args.keep or tmp
         if args.part == "overhead":

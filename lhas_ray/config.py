@@ -188,6 +188,12 @@ class TrainingConfig(_Strict):
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per Train worker.")
     eval_every: int = Field(25, ge=1, description="Log loss and stage-eval accuracy every N steps.")
+    max_failures: int = Field(
+        1,
+        ge=0,
+        description="Times Ray Train restarts a run's workers after one dies; the rerun resumes at the last committed "
+        "stage.",
+    )
     warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="The warm-up that makes the base model.")
 
     @model_validator(mode="after")
@@ -216,7 +222,8 @@ class ScoringConfig(_Strict):
     grad_dim: int = Field(64, ge=1, description="Dimension of the random projection of per-example gradients.")
     grad_params: list[str] = Field(
         default_factory=lambda: ["last_block", "lm_head"],
-        description="Parameters whose gradients are projected: 'last_block', 'lm_head', or name substrings.",
+        description="Parameters whose gradients are projected: 'last_block', 'lm_head', 'all', or name substrings; "
+        "with LoRA, adapters only ('all': every adapter, as LESS; 'last_block': the last block's, about 1 forward).",
     )
 
 
@@ -265,7 +272,12 @@ class TuningConfig(_Strict):
     scheduler: Literal["asha", "fifo"] = Field(
         "asha", description="'asha': stop poor trials early, judged after each stage; 'fifo': run every trial through."
     )
-    grace_period: int = Field(1, ge=1, description="ASHA: stages every trial completes before it can be stopped.")
+    grace_period: int = Field(
+        2,
+        ge=1,
+        description="ASHA: stages every trial completes before it can be stopped (2: judged once forgetting exists; "
+        "after one stage the objective measures the immediate gain, which is what long-horizon selection distrusts).",
+    )
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep about 1/reduction_factor trials per rung.")
     max_concurrent: int | None = Field(
         None, ge=1, description="Trials at once; None: as many Train runs as the cluster's CPUs/GPUs fit at most."

@@ -21,11 +21,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.train
-from ray.train import RunConfig, ScalingConfig
+import yaml
+from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lhas_ray.config import ExperimentConfig, dump_config
+from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
+from lhas_ray.local_ray import start_local_ray
 from lhas_ray.model import build_model, with_adapters
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard
@@ -185,7 +187,7 @@ class TrajectoryRunner:
                 )
                 model = engine.module
         with timer("checkpoint"):
-            save_checkpoint(model, tokenizer, self.store, relpath)
+            save_checkpoint(model, tokenizer, self.store, relpath, keep_existing=True)
         return curve, timer.seconds
 
     def base_unit(self, selector: str, seed: int, fixed_costs: dict[str, float]) -> None:
@@ -387,16 +389,25 @@ def trajectory_worker(config: dict) -> None:
 
 
 def ensure_same_run(store: ResultStore, cfg: ExperimentConfig) -> None:
-    """Refuse to mix runs: an output folder that holds another config's results is never written into."""
-    if store.is_run():
-        existing = store.read_bytes("config.yaml").decode()
-        if existing != dump_config(cfg):
-            raise ValueError(
-                f"{store.uri} already holds a run with a different config; use a fresh --output "
-                "(or rerun with exactly the same config to resume it)"
-            )
-    else:
+    """Refuse to mix runs: an output folder that holds another config's results is never written into.
+
+    The stored config is compared as a validated config, so a folder written before a later version added a setting
+    with a default still resumes.
+    """
+    if not store.is_run():
         store.write_bytes("config.yaml", dump_config(cfg).encode())
+        return
+    try:
+        existing = config_from_dict(yaml.safe_load(store.read_bytes("config.yaml")), source=store.path("config.yaml"))
+    except ConfigError as e:
+        raise ValueError(
+            f"{store.uri} holds a run whose config this version cannot read ({e}); use a fresh --output"
+        ) from e
+    if existing.model_dump(mode="json") != cfg.model_dump(mode="json"):
+        raise ValueError(
+            f"{store.uri} already holds a run with a different config; use a fresh --output "
+            "(or rerun with exactly the same config to resume it)"
+        )
 
 
 def init_ray(cfg: ExperimentConfig, address: str | None) -> float:
@@ -407,7 +418,7 @@ def init_ray(cfg: ExperimentConfig, address: str | None) -> float:
         if addr:
             ray.init(address=addr, log_to_driver=True)
         else:
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+            start_local_ray(cfg.ray.num_cpus)
     return time.perf_counter() - start
 
 
@@ -426,7 +437,7 @@ def fit_group(
 ):
     """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost)."""
     store = ResultStore(out)
-    storage = store.local_path("_ray") or store.path("_ray")
+    local = store.local_path("_ray")
     trainer = TorchTrainer(
         trajectory_worker,
         train_loop_config={
@@ -445,7 +456,14 @@ def fit_group(
         torch_config=TorchConfig(backend="nccl" if cfg.training.use_gpu else "gloo"),
         datasets=pools,
         dataset_config=WholePoolDataConfig(),
-        run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or []),
+        run_config=RunConfig(
+            name=name,
+            storage_path=local or store.path("_ray"),
+            storage_filesystem=None if local else store.fs,  # s3:// and gs:// go through the store's pyarrow fs
+            # a dead worker restarts the group; trajectory_worker skips committed units, so it resumes, not redoes
+            failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+            callbacks=callbacks or [],
+        ),
     )
     return trainer.fit()
 

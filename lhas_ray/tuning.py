@@ -302,56 +302,13 @@ class _NoTensorBoard(TBXLoggerCallback):
         pass
 
 
-class ReapOrphanedPlacementGroups(tune.Callback):
-    """Remove the placement group of a Train run whose controller died (a trial ASHA stopped, or one that crashed).
-
-    Such a group lives as long as the job that made it, holding its CPUs/GPUs, so the next trial's Train run would
-    wait for them forever. Ray Train's own cleaner finds dead controllers through the state API, which needs the
-    dashboard; this asks the GCS directly: every few seconds, groups of this job whose creating actor is dead go.
-    """
-
-    def __init__(self, every_s: float = 5.0):
-        self.every_s, self._last = every_s, 0.0
-
-    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        """Reap at most every ``every_s`` seconds."""
-        if time.monotonic() - self._last >= self.every_s:
-            self._last = time.monotonic()
-            remove_orphaned_placement_groups()
-
-
-def remove_orphaned_placement_groups() -> int:
-    """Remove this job's placement groups made by an actor that is dead (not detached ones, not the driver's own:
-    Tune's trial groups are the driver's); returns how many."""
-    from ray._private.state import state
-    from ray._raylet import PlacementGroupID
-    from ray.core.generated import gcs_pb2
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    job, nil = ray.get_runtime_context().get_job_id(), ray.ActorID.nil().binary()
-    removed = 0
-    try:
-        table = state._connect_and_get_accessor().get_placement_group_table()
-    except Exception as e:  # noqa: BLE001 (a private API: without it, nothing is reaped)
-        log.debug("placement group table unavailable: %s", e)
-        return 0
-    for raw in table:
-        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        made_by_actor = bool(pg.creator_actor_id) and pg.creator_actor_id != nil  # not the driver's (Tune's own)
-        orphaned = made_by_actor and pg.creator_actor_dead and not pg.is_detached and pg.creator_job_id.hex() == job
-        if orphaned and pg.state != gcs_pb2.PlacementGroupTableData.REMOVED:
-            try:
-                remove_placement_group(PlacementGroup(PlacementGroupID(pg.placement_group_id)))
-                removed += 1
-                log.info("removed placement group %s of a Train run whose controller died", pg.placement_group_id.hex())
-            except Exception as e:  # noqa: BLE001 (already being removed by Ray Train's cleaner, say)
-                log.debug("could not remove placement group %s: %s", pg.placement_group_id.hex(), e)
-    return removed
-
-
 def _tune_callbacks() -> list:
-    """Tune's default loggers minus TensorBoard, and the reaper of orphaned Train placement groups."""
-    return [_NoTensorBoard(), ReapOrphanedPlacementGroups()]
+    """Tune's default loggers minus TensorBoard.
+
+    A trial that ASHA stops takes its Train controller with it; Ray Train's own placement-group cleaner (which asks
+    the dashboard's state API, so init_ray starts the dashboard) frees the CPUs/GPUs that controller's run held.
+    """
+    return [_NoTensorBoard()]
 
 
 def _tune_storage(store: ResultStore) -> tuple[str, pafs.FileSystem | None]:
@@ -452,6 +409,26 @@ def _scheduler(cfg: ExperimentConfig):
     )
 
 
+class StagewiseOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial ASHA stopped was PRUNED (and a failed one FAIL), not COMPLETE with its
+    partial objective.
+
+    A stopped trial's last report scores fewer stages than a finished one (its objective is another quantity: no
+    forgetting yet at stage 1, say); told as complete, TPE would model it as a final outcome. As PRUNED, TPE ranks it
+    below every completed trial and, among pruned ones, by how far it got (its intermediate values are kept).
+    """
+
+    def __init__(self, *args, total_stages: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.total_stages = total_stages
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """A result short of the last stage is a stopped trial: no value (Optuna: PRUNED). A failed trial: no value
+        either (Optuna: FAIL; OptunaSearch would tell its last partial objective as a COMPLETE value)."""
+        partial = bool(result) and int(result.get(STAGES_DONE, 0)) < self.total_stages
+        super().on_trial_complete(trial_id, None if (partial or error) else result, error)
+
+
 def _searcher(cfg: ExperimentConfig, space: SearchSpace) -> OptunaSearch:
     """Optuna's TPE, seeded, over the space; multi-objective (immediate, objective) when configured."""
     import optuna
@@ -460,7 +437,13 @@ def _searcher(cfg: ExperimentConfig, space: SearchSpace) -> OptunaSearch:
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, n_startup_trials=cfg.tune.startup_trials)
     metric = names if len(names) > 1 else names[0]
     mode = ["max"] * len(names) if len(names) > 1 else "max"
-    return OptunaSearch(space=space.distributions(), metric=metric, mode=mode, sampler=sampler)
+    return StagewiseOptunaSearch(
+        space=space.distributions(),
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        total_stages=len(cfg.seeds) * len(cfg.stages),
+    )
 
 
 def run_sweep(

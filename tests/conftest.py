@@ -16,5 +16,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from lhas_ray.local_ray import start_local_ray
+
+        start_local_ray(num_cpus=2, log_to_driver=False)
     yield ray

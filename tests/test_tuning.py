@@ -87,6 +87,29 @@ def test_asha_judges_after_every_stage_but_the_last():
     assert isinstance(_scheduler(config_from_dict(raw)), FIFOScheduler)  # one stage: nothing to stop early
 
 
+def test_a_trial_asha_stopped_is_pruned_for_optuna_not_completed():
+    """TPE must not take a stopped trial's objective after 1 of 4 stages for a final outcome."""
+    import optuna
+
+    from lhas_ray.tuning import _searcher
+
+    raw = sweep_config(scheduler="asha")
+    raw["stages"] = [{**s, "name": f"s{i}"} for i, s in enumerate(raw["stages"] * 2)]
+    searcher = _searcher(config_from_dict(raw), parse_search_space(SPACE))
+    searcher.set_search_properties(None, None, {})
+    for trial_id in ("stopped", "finished", "crashed"):
+        assert set(searcher.suggest(trial_id)) == {"l_u", "l_a"}
+    searcher.on_trial_result("stopped", {"objective": 0.9, "stages_done": 1, "training_iteration": 1})
+    searcher.on_trial_complete("stopped", {"objective": 0.9, "stages_done": 1, "training_iteration": 1})
+    searcher.on_trial_complete("finished", {"objective": 0.4, "stages_done": 4, "training_iteration": 5})
+    searcher.on_trial_complete("crashed", {"objective": 0.2, "stages_done": 2}, error=True)
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert trials[0].intermediate_values == {1: 0.9} and trials[1].value == 0.4
+    assert searcher._ot_study.best_trial.number == 1  # the stopped trial's higher partial score is not "best"
+
+
 def test_a_bad_search_space_fails_before_any_trial_or_ray(tmp_path, capsys):
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(sweep_config()))
@@ -138,34 +161,57 @@ def test_nan_objective_fails_that_trial_and_the_sweep_goes_on(ray_session, tmp_p
     assert list(stored["trial"]) == sorted(stored["trial"]) and stored["trial_number"].tolist() == [1, 2, 3]
 
 
-def test_placement_groups_of_dead_train_controllers_are_reaped(ray_session):
-    """A trial ASHA stops kills its Train controller; the group it left holding CPUs must go (no state API here)."""
-    import ray
-    from ray.util.placement_group import placement_group
+def _sleepy_train_loop(config: dict) -> None:
+    time.sleep(600)
 
-    from lhas_ray.tuning import remove_orphaned_placement_groups
+
+@pytest.mark.slow
+def test_train_placement_groups_live_as_long_as_their_controller(ray_session, tmp_path):
+    """Ray Train's placement-group cleaner asks the state API whether a run's controller is alive. Another Ray
+    instance started on the same machine must not make it end a healthy run, and a trial that dies (ASHA stopped it)
+    must give its Train run's CPUs back."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     @ray.remote(num_cpus=0)
-    class Controller:
-        def start(self) -> None:
-            self.pg = placement_group([{"CPU": 1}])
-            ray.get(self.pg.ready())
+    class Trial:
+        def fit(self, storage: str) -> None:
+            trainer = TorchTrainer(
+                _sleepy_train_loop,
+                scaling_config=ScalingConfig(num_workers=1),
+                run_config=RunConfig(name="doomed", storage_path=storage),
+            )
+            trainer.fit()
 
-    tune_like = placement_group([{"memory": 2**20}])  # made by the driver, as Tune makes its trials' groups
-    ray.get(tune_like.ready())
-    free = ray.available_resources().get("CPU", 0)
-    controller = Controller.remote()
-    ray.get(controller.start.remote())
-    assert remove_orphaned_placement_groups() == 0  # its creator is alive: kept
-    ray.kill(controller)
-    deadline = time.time() + 30
-    while remove_orphaned_placement_groups() == 0 and time.time() < deadline:
+    total = ray.cluster_resources()["CPU"]
+    trial = Trial.remote()
+    trial.fit.remote(str(tmp_path))
+    deadline = time.time() + 120
+    while ray.available_resources().get("CPU", 0) == total and time.time() < deadline:
         time.sleep(0.5)
-    while ray.available_resources().get("CPU", 0) < free and time.time() < deadline:
-        time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0) == free
-    assert ray.util.placement_group_table(tune_like)["state"] == "CREATED"  # the driver's groups are never touched
-    ray.util.remove_placement_group(tune_like)
+    assert ray.available_resources().get("CPU", 0) < total, "the Train run never took its CPU"
+
+    other = subprocess.Popen(  # another user's Ray on this machine, dashboard on its default port
+        [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1); print('up', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "up"
+        time.sleep(15)  # the cleaner checks every second or so
+        assert ray.available_resources().get("CPU", 0) < total, "a healthy Train run lost its placement group"
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait()
+
+    ray.kill(trial)
+    deadline = time.time() + 90
+    while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == total
 
 
 # --- run: trajectory groups side by side as Tune trials ----------------------------------------------------------------

@@ -32,22 +32,39 @@ def _gathered(model: torch.nn.Module):
     return contextlib.nullcontext()
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer, store: ResultStore, relpath: str) -> None:
-    """Save on rank 0 into a temporary folder, then move it into place, so a crash never leaves half a checkpoint."""
+def save_checkpoint(model: torch.nn.Module, tokenizer, store: ResultStore, relpath: str, keep_existing=False) -> None:
+    """Save on rank 0 into a temporary folder, then move it into place, so a crash never leaves half a checkpoint.
+
+    ``keep_existing``: a complete checkpoint already there wins and this one is dropped. Seeds' base checkpoints use
+    it: trajectory groups running side by side may make the same base at once, and one may already be reading it.
+    """
     with _gathered(model):
-        if rank() == 0:
+        if rank() == 0 and not (keep_existing and store.exists(relpath, "config.json")):
             final = store.local_path(relpath)
             if final is not None:
                 tmp = f"{final}.tmp-{uuid.uuid4().hex}"
                 save_pretrained(model, tokenizer, tmp)
-                if os.path.exists(final):
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
+                _move_into_place(tmp, final, keep_existing)
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_pretrained(model, tokenizer, tmp)
                     store.upload_dir(tmp, relpath)
     barrier()
+
+
+def _move_into_place(tmp: str, final: str, keep_existing: bool) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is replaced, or kept (and ``tmp`` dropped) if asked."""
+    if os.path.exists(final):
+        if keep_existing:
+            shutil.rmtree(tmp)
+            return
+        shutil.rmtree(final)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not (keep_existing and os.path.exists(os.path.join(final, "config.json"))):
+            raise
+        shutil.rmtree(tmp)  # another group moved the same base into place first
 
 
 def load_checkpoint(store: ResultStore, relpath: str, model_cfg: ModelConfig, cache_dir: str):
