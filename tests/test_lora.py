@@ -111,3 +111,23 @@ def test_adapter_round_trip(tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_adapter(tiny_llama(), tmp_path / "nothing-here")
+
+
+def test_gradient_features_take_adapters_only_the_last_blocks_by_default():
+    from lhas_ray.scoring.features import per_example_grads, select_grad_params
+
+    model = apply_lora(tiny_llama(), r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    last = select_grad_params(model, ["last_block", "lm_head"])  # the scoring default
+    assert sorted(last) == sorted(n for n in lora_parameter_names(model) if ".layers.1." in n)
+    assert sorted(select_grad_params(model, ["all"])) == sorted(lora_parameter_names(model))  # LESS
+    with pytest.raises(ValueError, match="none of those parameters is a LoRA adapter"):
+        select_grad_params(model, ["lm_head"])
+
+    train_a_little(model)  # lora_B non-zero, so lora_A's gradients are too
+    batch = {"input_ids": IDS, "labels": IDS}
+    got = per_example_grads(model, last, batch)
+    for i in range(len(IDS)):  # one plain backward per example
+        model.zero_grad()
+        model(input_ids=IDS[i : i + 1], labels=IDS[i : i + 1]).loss.backward()
+        for name, p in last.items():
+            torch.testing.assert_close(got[name][i], p.grad, atol=1e-5, rtol=1e-4)

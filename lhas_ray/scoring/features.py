@@ -53,17 +53,20 @@ def forward_stats(
 
 
 def select_grad_params(model: torch.nn.Module, spec: list[str]) -> dict[str, torch.nn.Parameter]:
-    """The parameters whose per-example gradients are projected: 'last_block', 'lm_head', or name substrings.
+    """The parameters whose per-example gradients are projected: 'last_block', 'lm_head', 'all', or name substrings.
 
-    With LoRA on, only trainable (adapter) parameters qualify, as in LESS.
+    With LoRA on, only trainable (adapter) parameters qualify, as in LESS: 'last_block' is then the last block's
+    adapters (the backward stops there, so scoring costs about one forward pass) and 'all' every adapter (LESS's
+    choice: a backward through the whole model per example).
     """
     named = dict(model.named_parameters())
     trainable = {n for n, p in named.items() if p.requires_grad}
-    if len(trainable) < len(named):  # adapters: LESS takes gradients of the LoRA parameters
-        return {n: named[n] for n in sorted(trainable)}
+    adapters = len(trainable) < len(named)
     chosen: set[str] = set()
     for item in spec:
-        if item == "last_block":
+        if item == "all":
+            chosen |= trainable if adapters else set(named)
+        elif item == "last_block":
             blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
             if blocks is None:
                 raise ValueError("scoring.grad_params: 'last_block' needs a model with a list of blocks")
@@ -77,6 +80,10 @@ def select_grad_params(model: torch.nn.Module, spec: list[str]) -> dict[str, tor
             if not matches:
                 raise ValueError(f"scoring.grad_params: no parameter name contains {item!r}")
             chosen |= matches
+    if adapters:
+        chosen &= trainable
+        if not chosen:
+            raise ValueError(f"scoring.grad_params {spec}: none of those parameters is a LoRA adapter")
     return {n: named[n] for n in sorted(chosen)}
 
 
