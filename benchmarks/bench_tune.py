@@ -4,13 +4,14 @@ cuts training steps by >= 30% with the best objective within the seed-to-seed sp
 overhead: N trials of ``run_sweep`` (FIFO, one at a time) against N direct ``run_experiment`` calls with the same
 weights (those the sweep drew), in the same Ray session, direct runs first. The warm-up is off so that sharing the
 base checkpoint between trials (a sweep feature) does not hide Tune's own cost.
-asha: the same N-trial sweep with ASHA and without (same sampler seed, 5 random start-up trials, then TPE), 4 stages
-each (ASHA judges after stages 1..3; reduction factor 3 keeps the best third at each rung); training steps are the
-committed stages' training and probe steps (trials.parquet); the seed-to-seed spread is the std over seeds 0..2 of
-the objective of the FIFO sweep's best weights (seeds 1 and 2 run directly).
+asha: the same N-trial sweep with ASHA and without (same sampler seed, 5 random start-up trials, then TPE), 5 stages
+each by default (ASHA's first rung after the grace period, 2 stages: once forgetting exists; a reduction factor of 3
+keeps the best third at each rung); training steps are the committed stages' training and probe steps
+(trials.parquet); the seed-to-seed spread is the std over seeds 0..2 of the objective of the FIFO sweep's best
+weights (seeds 1 and 2 run directly).
 
     .venv/bin/python benchmarks/bench_tune.py overhead --trials 4
-    .venv/bin/python benchmarks/bench_tune.py asha --trials 8 [--stages 4 --reduction-factor 3]
+    .venv/bin/python benchmarks/bench_tune.py asha --trials 8 [--stages 5 --grace-period 2 --reduction-factor 3]
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ SPACE = "search_spaces/lhas_default.yaml"
 
 
 def bench_config(trials: int, warmup_steps: int, stages: int = 3, **tune) -> ExperimentConfig:
-    """3-4 stages of a 2-layer tiny GPT-2, one Train worker, pools of 512: about 30-45 s a trajectory here."""
+    """3-5 stages of a 2-layer tiny GPT-2, one Train worker, pools of 512: about 30-60 s a trajectory here."""
     stage = {"budget": 128, "pool": {"size": 512}, "eval_size": 48, "ood_size": 8, "probe_size": 48}
-    names = [("rev", "reverse"), ("srt", "sort"), ("cpy", "copy"), ("cnt", "count")][:stages]
+    names = [("rev", "reverse"), ("srt", "sort"), ("cpy", "copy"), ("cnt", "count"), ("add", "add")][:stages]
     return config_from_dict(
         {
             "name": "bench-tune",
@@ -103,13 +104,18 @@ def _startup_draws(cfg: ExperimentConfig, space, n: int) -> list[dict]:
     return draws
 
 
-def asha(n: int, work: str, stages: int, reduction_factor: float) -> None:
+def asha(n: int, work: str, stages: int, reduction_factor: float, grace_period: int) -> None:
     """The same sweep with ASHA and with FIFO: training steps, best objective, seed-to-seed spread."""
     space = load_search_space(SPACE)
     results = {}
-    print(f"{n} trials, {stages} stages, ASHA reduction_factor {reduction_factor}, grace_period 1 stage")
+    print(f"{n} trials, {stages} stages, ASHA reduction_factor {reduction_factor}, grace_period {grace_period} stages")
     for scheduler in ("fifo", "asha"):
-        tune = {"scheduler": scheduler, "reduction_factor": reduction_factor, "grace_period": 1, "startup_trials": 5}
+        tune = {
+            "scheduler": scheduler,
+            "reduction_factor": reduction_factor,
+            "grace_period": grace_period,
+            "startup_trials": 5,
+        }
         cfg = bench_config(n, warmup_steps=150, stages=stages, **tune)
         t0 = time.perf_counter()
         res = run_sweep(cfg, space, os.path.join(work, scheduler))
@@ -148,7 +154,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("part", choices=["overhead", "asha"])
     p.add_argument("--trials", type=int, default=None, help="trials per sweep (overhead: 4, asha: 8)")
-    p.add_argument("--stages", type=int, default=4, choices=[3, 4], help="asha: stages per trajectory")
+    p.add_argument("--stages", type=int, default=5, choices=[3, 4, 5], help="asha: stages per trajectory")
+    p.add_argument("--grace-period", type=int, default=2, help="asha: stages before ASHA may stop a trial")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="asha: ASHA's reduction factor")
     p.add_argument("--keep", help="write the sweeps into this (new) folder and keep them; default: a temporary one")
     args = p.parse_args()
@@ -159,7 +166,7 @@ def main() -> None:
         if args.part == "overhead":
             overhead(args.trials or 4, work)
         else:
-            asha(args.trials or 8, work, args.stages, args.reduction_factor)
+            asha(args.trials or 8, work, args.stages, args.reduction_factor, args.grace_period)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dum
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
 from lhas_ray.local_ray import start_local_ray
 from lhas_ray.model import build_model, with_adapters
-from lhas_ray.scoring.score import Scorer
+from lhas_ray.scoring.score import Scorer, features_table
 from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard
 from lhas_ray.selection import SelectionContext, get_selector
 from lhas_ray.store import ResultStore, Unit
 from lhas_ray.tasks import Suite, build_suite
 from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from lhas_ray.training.dist import broadcast_object, rank
+from lhas_ray.training.dist import all_gather_objects, broadcast_object, rank, world_size
 from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
 from lhas_ray.training.stage import train_steps
 from lhas_ray.training.tensorboard import log_curves
@@ -283,26 +283,28 @@ class TrajectoryRunner:
         ctx = SelectionContext(seed=seed)
         if not need:
             return ctx
-        ref = Scorer(
-            scorer.model,
-            scorer.tokenizer,
-            {"grad", "emb"},
-            max_length=scorer.max_length,
-            grad_dim=self.cfg.scoring.grad_dim,
-            grad_params=self.cfg.scoring.grad_params,
-            projection_seed=seed,
-        )
+
+        def scored(table: pa.Table, want: set[str]) -> pa.Table:
+            ref = Scorer(
+                scorer.model,
+                scorer.tokenizer,
+                want,
+                max_length=scorer.max_length,
+                grad_dim=self.cfg.scoring.grad_dim,
+                grad_params=self.cfg.scoring.grad_params,
+                projection_seed=seed,
+            )
+            return score_spread(ref, table, self.cfg.scoring.batch_size)
+
         if need & {"target_grads", "target_embs"}:
             # the stage's target examples: its probe sample (labelled, never its eval set)
-            target = ref.score_batches(_batches(stage.probe, self.cfg.scoring.batch_size))
+            target = scored(stage.probe, {"grad", "emb"})
             skills = np.asarray(stage.probe.sort_by("example_id").column("skill").to_numpy(zero_copy_only=False))
             grads = _matrix(target, "grad")
             ctx.target_grads = np.stack([grads[skills == s].mean(0) for s in sorted(set(skills))])
             ctx.target_embs = _matrix(target, "emb")
         if "proxy_grad" in need:
-            ctx.proxy_grad = _matrix(
-                ref.score_batches(_batches(self.suite.proxy, self.cfg.scoring.batch_size)), "grad"
-            ).mean(0)
+            ctx.proxy_grad = _matrix(scored(self.suite.proxy, {"grad"}), "grad").mean(0)
         return ctx
 
     def probe(self, selector_key: str, seed: int, t: int) -> list[dict]:
@@ -343,6 +345,15 @@ class TrajectoryRunner:
             else:
                 self.stage_unit(selector_key, seed, t)
             self.progress.done_units += 1
+
+
+def score_spread(scorer: Scorer, table: pa.Table, batch_size: int) -> pa.Table:
+    """Features of every row of ``table`` on every rank, each rank scoring a contiguous share (the scoring model is
+    whole on every rank, so shares need not match in size)."""
+    share = np.array_split(np.arange(table.num_rows), world_size())[rank()]
+    mine = table.slice(int(share[0]), len(share)) if len(share) else table.slice(0, 0)
+    parts = all_gather_objects([scorer.score(b) for b in _batches(mine, batch_size)])
+    return features_table([cols for rank_parts in parts for cols in rank_parts])
 
 
 def _batches(table: pa.Table, size: int) -> list[pa.Table]:
