@@ -203,8 +203,10 @@ def _tiny_llama(folder: str) -> str:
     return save_pretrained(LlamaForCausalLM(config), tok, folder)
 
 
-def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path):
-    """Stages read from jsonl files through `datasets`, a Llama-family model with LoRA adapters, next-token accuracy."""
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, zero_stage):
+    """Stages read from jsonl files through `datasets`, a Llama-family model with LoRA adapters, next-token accuracy;
+    under ZeRO-2 (real_text.yaml) and ZeRO-3 (cluster_llm.yaml), whose partitioned adapters must merge on save."""
     import json
 
     rng = np.random.default_rng(0)
@@ -214,7 +216,7 @@ def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path):
                 word = "".join(rng.choice(list("abcdef"), size=rng.integers(2, 6)))
                 f.write(json.dumps({"q": f"rv:{word}=", "a": word[::-1], "kind": "reverse"}) + "\n")
     spec = {"path": "json", "columns": {"prompt": "q", "answer": "a", "skill": "kind"}}
-    raw = micro_config(model_name=_tiny_llama(str(tmp_path / "llama")), steps=20)
+    raw = micro_config(model_name=_tiny_llama(str(tmp_path / "llama")), steps=20, zero_stage=zero_stage)
     raw["model"]["lora"] = {"r": 4, "alpha": 8}
     raw["evaluation"] = {"accuracy": "token"}
     raw["training"]["warmup"] = {"steps": 0}
