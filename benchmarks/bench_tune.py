@@ -5,13 +5,13 @@ overhead: N trials of ``run_sweep`` (FIFO, one at a time) against N direct ``run
 weights (those the sweep drew), in the same Ray session, direct runs first. The warm-up is off so that sharing the
 base checkpoint between trials (a sweep feature) does not hide Tune's own cost.
 asha: the same N-trial sweep with ASHA and without (same sampler seed, 5 random start-up trials, then TPE), 5 stages
-each by default (ASHA's first rung after the grace period, 2 stages: once forgetting exists; a reduction factor of 3
-keeps the best third at each rung); training steps are the committed stages' training and probe steps
+each by default (the config's ASHA defaults: first rung after 1 stage, a reduction factor of 3 keeps the best third at
+each rung); training steps are the committed stages' training and probe steps
 (trials.parquet); the seed-to-seed spread is the std over seeds 0..2 of the objective of the FIFO sweep's best
 weights (seeds 1 and 2 run directly).
 
     .venv/bin/python benchmarks/bench_tune.py overhead --trials 4
-    .venv/bin/python benchmarks/bench_tune.py asha --trials 8 [--stages 5 --grace-period 2 --reduction-factor 3]
+    .venv/bin/python benchmarks/bench_tune.py asha --trials 8 [--stages 5 --grace-period 1 --reduction-factor 3]
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("part", choices=["overhead", "asha"])
     p.add_argument("--trials", type=int, default=None, help="trials per sweep (overhead: 4, asha: 8)")
     p.add_argument("--stages", type=int, default=5, choices=[3, 4, 5], help="asha: stages per trajectory")
-    p.add_argument("--grace-period", type=int, default=2, help="asha: stages before ASHA may stop a trial")
+    p.add_argument("--grace-period", type=int, default=1, help="asha: stages before ASHA may stop a trial")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="asha: ASHA's reduction factor")
     p.add_argument("--keep", help="write the sweeps into this (new) folder and keep them; default: a temporary one")
     args = p.parse_args()

@@ -273,12 +273,12 @@ class TuningConfig(_Strict):
         "asha", description="'asha': stop poor trials early, judged after each stage; 'fifo': run every trial through."
     )
     grace_period: int = Field(
-        2,
+        1,
         ge=1,
-        description="ASHA: stages every trial completes before it can be stopped (2: judged once forgetting exists; "
-        "after one stage the objective measures the immediate gain, which is what long-horizon selection distrusts).",
+        description="ASHA: stages every trial completes before it can be stopped (2 waits until forgetting exists: "
+        "fewer steps saved, less trust in the first stage's immediate gain).",
     )
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep about 1/reduction_factor trials per rung.")
+    reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep about 1/reduction_factor trials per rung.")
     max_concurrent: int | None = Field(
         None, ge=1, description="Trials at once; None: as many Train runs as the cluster's CPUs/GPUs fit at most."
     )
