@@ -102,3 +102,39 @@ def test_actor_pool_scores_every_row_like_the_in_process_scorer(ray_session, poo
     want = Scorer(model, tok, {"loss"}, max_length=32).score_batches([pool])
     assert got.column("example_id").equals(want.column("example_id"))
     np.testing.assert_allclose(got.column("loss").to_numpy(), want.column("loss").to_numpy(), rtol=1e-5)
+
+
+def _score_spread_on_rank(rank: int, world: int, init_file: str, pool: pa.Table, model_dir: str, out: str) -> None:
+    """One gloo rank: score ``pool`` in shares with the others, save what this rank ends up with."""
+    import pyarrow.parquet as pq
+    import torch.distributed as dist
+
+    from lhas_ray.model import load_pretrained
+    from lhas_ray.protocol import score_spread
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model, tok = load_pretrained(model_dir)
+    scorer = Scorer(model.eval(), tok, {"grad", "loss"}, max_length=32, grad_dim=16)
+    pq.write_table(score_spread(scorer, pool, batch_size=64), f"{out}/rank{rank}.parquet")
+    dist.destroy_process_group()
+
+
+def test_context_scored_in_shares_equals_one_process(pool, model_and_tok, tmp_path):
+    """Context sets (LESS targets, the LHAS proxy) are scored by every Train worker in shares, then gathered."""
+    import pyarrow.parquet as pq
+    import torch.multiprocessing as mp
+
+    model, tok = model_and_tok
+    model_dir = save_pretrained(model, tok, str(tmp_path / "model"))
+    small = pool.slice(0, 101)  # shares of 51 and 50 rows, batches that do not divide them
+    mp.spawn(
+        _score_spread_on_rank, args=(2, str(tmp_path / "init"), small, model_dir, str(tmp_path)), nprocs=2, join=True
+    )
+    whole = Scorer(model, tok, {"grad", "loss"}, max_length=32, grad_dim=16).score_batches([small])
+    for rank in range(2):
+        got = pq.read_table(tmp_path / f"rank{rank}.parquet")
+        assert got.column("example_id").to_pylist() == sorted(small.column("example_id").to_pylist())
+        np.testing.assert_allclose(got.column("loss").to_numpy(), whole.column("loss").to_numpy(), rtol=1e-4)
+        grads = np.stack(got.column("grad").to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(grads, np.stack(whole.column("grad").to_numpy(zero_copy_only=False)), atol=1e-4)
