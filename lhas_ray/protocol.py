@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import yaml
@@ -202,9 +203,9 @@ class TrajectoryRunner:
         self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timings)
 
     # ---- stage t ----
-    def stage_unit(self, selector_key: str, seed: int, t: int) -> None:
+    def stage_unit(self, selector_key: str, seed: int, t: int, fixed_costs: dict[str, float] | None = None) -> None:
         """Score, select, train, evaluate and probe stage t of one trajectory, then commit it."""
-        cfg, timer = self.cfg, Timer(progress=self.progress)
+        cfg, timer = self.cfg, Timer(dict(fixed_costs or {}), self.progress)
         stage = self.suite.stages[t - 1]
         sel_cfg = cfg.selector(selector_key)
         selector = get_selector(sel_cfg.name, **sel_cfg.params)
@@ -343,7 +344,8 @@ class TrajectoryRunner:
             if t == 0:
                 self.base_unit(selector_key, seed, fixed_costs)
             else:
-                self.stage_unit(selector_key, seed, t)
+                self.stage_unit(selector_key, seed, t, fixed_costs)
+            fixed_costs = {}  # start-up costs go to the first unit this run commits (stage 0, or where it resumes)
             self.progress.done_units += 1
 
 
@@ -381,11 +383,17 @@ def trajectory_worker(config: dict) -> None:
     """The function Ray Train runs on every worker: all trajectories of one group, stage by stage."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_libraries()
-    worker_start = time.time() - config["fit_started"] if "fit_started" in config else None
     cfg = ExperimentConfig.model_validate(config["cfg"])
     if not cfg.training.use_gpu:
         disable_cpu_shm_op()
     store = ResultStore(config["out"])
+    worker_start = None
+    if "fit_started" in config:
+        restart = _committed_since(store, config["trajectories"], len(cfg.stages), config["fit_started"])
+        # a group Ray Train restarted (FailureConfig) books no start-up: the time since fit() began is not one
+        worker_start = (
+            None if broadcast_object(restart if rank() == 0 else None) else time.time() - config["fit_started"]
+        )
     with tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
         runner = TrajectoryRunner(cfg, store, config["suite"], cache, Progress(n_units))
@@ -394,6 +402,19 @@ def trajectory_worker(config: dict) -> None:
             if i == 0 and worker_start is not None:
                 fixed["worker_start"] = worker_start
             runner.trajectory(selector_key, seed, fixed)
+
+
+def _committed_since(store: ResultStore, trajectories: list, n_stages: int, since: float) -> bool:
+    """Whether any unit of these trajectories was committed after ``since`` (this fit's workers were restarted)."""
+    paths = [
+        store.path("_committed", f"{Unit(key, seed, t).key}.json")
+        for key, seed in trajectories
+        for t in range(n_stages + 1)
+    ]
+    return any(
+        info.type == pafs.FileType.File and info.mtime is not None and info.mtime.timestamp() > since
+        for info in store.fs.get_file_info(paths)
+    )
 
 
 # --- the driver side --------------------------------------------------------------------------------------

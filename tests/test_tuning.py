@@ -340,9 +340,13 @@ def test_a_killed_train_worker_is_retried_and_the_trial_completes(resumed_sweep)
     r = resumed_sweep
     assert r["killed"], "no Train worker was found to kill"
     state = _tune_state(r["out"])[r["second"]]
-    assert state["status"] == "TERMINATED" and state["num_failures"] >= 1
+    # Ray Train's FailureConfig restarted the worker group inside the trial: Tune never saw the trial fail
+    assert state["status"] == "TERMINATED" and state["num_failures"] == 0
     last = os.path.join(r["out"], "trials", r["second"], "_committed", "lhas__s0__t2.json")
-    assert os.path.getmtime(last) > r["killed"][0][1]  # stage 2 was committed by the retry
+    assert os.path.getmtime(last) > r["killed"][0][1]  # stage 2 was committed by the restarted workers
+    timings = ResultStore(os.path.join(r["out"], "trials", r["second"])).read_table("timings").to_pandas()
+    starts = timings[timings.phase == "worker_start"].stage.tolist()
+    assert starts == [0, 1]  # the first run's start-up, then the resumed one's at its first unit; a restart books none
 
 
 @pytest.mark.slow
