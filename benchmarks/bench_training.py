@@ -8,7 +8,7 @@ exactly as the protocol does. Only the ``--steps`` timed steps count (after ``--
 and model loading are printed separately. Memory of the 2-worker stage: the largest sum of the workers' RSS sampled
 (psutil, every 0.2 s) while they run, and each worker's own high-water mark (``ru_maxrss``).
 
-    .venv/bin/python benchmarks/bench_training.py                               # SmolLM2-135M (issue 6 targets)
+    .venv/bin/python benchmarks/bench_training.py [--lora 8]                    # SmolLM2-135M (issue 6 targets)
     .venv/bin/python benchmarks/bench_training.py --model tiny --steps 20       # quick check, tiny GPT-2
 
 Targets (issue 6): ratio >= 0.7; peak memory of the 2-worker SmolLM2 stage < 8 GiB.
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from lhas_ray.config import ModelConfig, TrainingConfig  # noqa: E402
 from lhas_ray.local_ray import start_local_ray  # noqa: E402
-from lhas_ray.model import build_model, encode, load_pretrained, save_pretrained  # noqa: E402
+from lhas_ray.model import build_model, encode, load_pretrained, save_pretrained, with_adapters  # noqa: E402
 from lhas_ray.tasks.text import text_examples  # noqa: E402
 from lhas_ray.training.engine import lr_lambda  # noqa: E402
 from lhas_ray.training.stage import batch_indices  # noqa: E402
@@ -80,10 +80,16 @@ def peak_rss_self() -> int:
 # --- baseline: one process, plain torch -------------------------------------------------------------------
 
 
+def lora_config(rank: int) -> ModelConfig:
+    """The model settings that decide adapters: LoRA of this rank (alpha 2 x rank, real_text.yaml's), or none."""
+    return ModelConfig(lora={"r": rank, "alpha": 2 * rank} if rank else None)
+
+
 def baseline(ckpt: str, examples: pa.Table, args: argparse.Namespace, threads: int, queue) -> None:
     """The plain loop (run in a fresh process so its memory and threads are its own); puts its figures on queue."""
     torch.set_num_threads(threads)
     model, tok = load_pretrained(ckpt)
+    model = with_adapters(model, lora_config(args.lora))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
@@ -127,6 +133,7 @@ def train_worker(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     t0 = time.perf_counter()
     model, tok = load_pretrained(config["ckpt"])
+    model = with_adapters(model, lora_config(config["lora"]))
     world = ray.train.get_context().get_world_size()
     train = TrainingConfig(
         batch_size=config["batch_size"], num_workers=world, zero_stage=config["zero_stage"], grad_clip=GRAD_CLIP
@@ -215,6 +222,7 @@ def ray_train(ckpt: str, examples: pa.Table, args: argparse.Namespace, storage: 
             "threads": args.cpus_per_worker,
             "result_file": os.path.join(storage, "result.json"),
             "bucket_elements": args.bucket_elements,
+            "lora": args.lora,
         },
         scaling_config=ScalingConfig(
             num_workers=args.workers, use_gpu=False, resources_per_worker={"CPU": args.cpus_per_worker}
@@ -248,6 +256,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cpus-per-worker", type=int, default=1)
     ap.add_argument("--zero-stage", type=int, default=2)
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank (8: the stage make real runs); 0: all weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--bucket-elements",
@@ -269,7 +278,7 @@ def main() -> None:
         n_params = sum(p.numel() for p in load_pretrained(ckpt)[0].parameters())
         print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, checkpoint ready in {prep_s:.1f} s ({ckpt})")
         print(
-            f"stage: global batch {args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps after "
+            f"stage ({f'LoRA r={args.lora}' if args.lora else 'all weights'}): global batch {args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps after "
             f"{args.warmup_steps} warm-up; {threads} cores; {os.cpu_count()} on the machine, "
             f"load average {os.getloadavg()[0]:.1f} at the start"
         )
