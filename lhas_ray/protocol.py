@@ -30,13 +30,13 @@ from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dum
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
 from lhas_ray.local_ray import start_local_ray
 from lhas_ray.model import build_model, with_adapters
-from lhas_ray.scoring.score import Scorer, features_table
-from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard
+from lhas_ray.scoring.score import Scorer
+from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard, score_spread
 from lhas_ray.selection import SelectionContext, get_selector
 from lhas_ray.store import ResultStore, Unit
 from lhas_ray.tasks import Suite, build_suite
 from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from lhas_ray.training.dist import all_gather_objects, broadcast_object, rank, world_size
+from lhas_ray.training.dist import broadcast_object, rank
 from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
 from lhas_ray.training.stage import train_steps
 from lhas_ray.training.tensorboard import log_curves
@@ -349,20 +349,6 @@ class TrajectoryRunner:
             self.progress.done_units += 1
 
 
-def score_spread(scorer: Scorer, table: pa.Table, batch_size: int) -> pa.Table:
-    """Features of every row of ``table`` on every rank, each rank scoring a contiguous share (the scoring model is
-    whole on every rank, so shares need not match in size)."""
-    share = np.array_split(np.arange(table.num_rows), world_size())[rank()]
-    mine = table.slice(int(share[0]), len(share)) if len(share) else table.slice(0, 0)
-    parts = all_gather_objects([scorer.score(b) for b in _batches(mine, batch_size)])
-    return features_table([cols for rank_parts in parts for cols in rank_parts])
-
-
-def _batches(table: pa.Table, size: int) -> list[pa.Table]:
-    """Slices of at most ``size`` rows: per-example gradients hold a batch's activations at once."""
-    return [table.slice(i, size) for i in range(0, table.num_rows, size)]
-
-
 def _matrix(table: pa.Table, column: str) -> np.ndarray:
     col = table.column(column).combine_chunks()
     return col.values.to_numpy().reshape(len(col), -1)
@@ -389,11 +375,10 @@ def trajectory_worker(config: dict) -> None:
     store = ResultStore(config["out"])
     worker_start = None
     if "fit_started" in config:
-        restart = _committed_since(store, config["trajectories"], len(cfg.stages), config["fit_started"])
         # a group Ray Train restarted (FailureConfig) books no start-up: the time since fit() began is not one
-        worker_start = (
-            None if broadcast_object(restart if rank() == 0 else None) else time.time() - config["fit_started"]
-        )
+        since = config["fit_started"]
+        restart = _committed_since(store, config["trajectories"], len(cfg.stages), since) if rank() == 0 else None
+        worker_start = None if broadcast_object(restart) else time.time() - since
     with tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
         runner = TrajectoryRunner(cfg, store, config["suite"], cache, Progress(n_units))

@@ -110,7 +110,7 @@ def _score_spread_on_rank(rank: int, world: int, init_file: str, pool: pa.Table,
     import torch.distributed as dist
 
     from lhas_ray.model import load_pretrained
-    from lhas_ray.protocol import score_spread
+    from lhas_ray.scoring.shards import score_spread
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

@@ -7,11 +7,12 @@ whole, so ``WholePoolDataConfig`` splits with ``equal=False``.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 from ray.train import DataConfig
 
 from lhas_ray.scoring.score import Scorer, features_table
-from lhas_ray.training.dist import all_gather_objects
+from lhas_ray.training.dist import all_gather_objects, rank, world_size
 
 ROW_COLUMNS = ["example_id", "skill", "prompt", "answer", "tags"]
 
@@ -45,3 +46,13 @@ def score_shard(scorer: Scorer, shard, batch_size: int) -> tuple[pa.Table, pa.Ta
     features = features_table([f for part, _ in gathered for f in part])
     pool_rows = pa.concat_tables([r for _, part in gathered for r in part], promote_options="default")
     return features, pool_rows.sort_by("example_id")
+
+
+def score_spread(scorer: Scorer, table: pa.Table, batch_size: int) -> pa.Table:
+    """Features of every row of an in-memory ``table`` (context sets: LESS targets, the LHAS proxy) on every rank,
+    each rank scoring a contiguous share; the scoring model is whole on every rank, so shares need not match."""
+    share = np.array_split(np.arange(table.num_rows), world_size())[rank()]
+    mine = table.slice(int(share[0]), len(share)) if len(share) else table.slice(0, 0)
+    batches = [mine.slice(i, batch_size) for i in range(0, mine.num_rows, batch_size)]
+    parts = all_gather_objects([scorer.score(b) for b in batches])
+    return features_table([cols for rank_parts in parts for cols in rank_parts])
