@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import ray
 import ray.train
 import yaml
@@ -377,7 +376,8 @@ def trajectory_worker(config: dict) -> None:
     if "fit_started" in config:
         # a group Ray Train restarted (FailureConfig) books no start-up: the time since fit() began is not one
         since = config["fit_started"]
-        restart = _committed_since(store, config["trajectories"], len(cfg.stages), since) if rank() == 0 else None
+        units = [Unit(key, seed, t) for key, seed in config["trajectories"] for t in range(len(cfg.stages) + 1)]
+        restart = store.committed_after(units, since) if rank() == 0 else None
         worker_start = None if broadcast_object(restart) else time.time() - since
     with tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
@@ -387,19 +387,6 @@ def trajectory_worker(config: dict) -> None:
             if i == 0 and worker_start is not None:
                 fixed["worker_start"] = worker_start
             runner.trajectory(selector_key, seed, fixed)
-
-
-def _committed_since(store: ResultStore, trajectories: list, n_stages: int, since: float) -> bool:
-    """Whether any unit of these trajectories was committed after ``since`` (this fit's workers were restarted)."""
-    paths = [
-        store.path("_committed", f"{Unit(key, seed, t).key}.json")
-        for key, seed in trajectories
-        for t in range(n_stages + 1)
-    ]
-    return any(
-        info.type == pafs.FileType.File and info.mtime is not None and info.mtime.timestamp() > since
-        for info in store.fs.get_file_info(paths)
-    )
 
 
 # --- the driver side --------------------------------------------------------------------------------------

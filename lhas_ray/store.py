@@ -114,6 +114,11 @@ class ResultStore:
     def is_committed(self, unit: Unit) -> bool:
         return self.exists("_committed", f"{unit.key}.json")
 
+    def committed_after(self, units: list[Unit], since: float) -> bool:
+        """Whether any of ``units`` was committed after ``since`` (a time.time() value), by its marker's mtime."""
+        infos = self.fs.get_file_info([self.path("_committed", f"{u.key}.json") for u in units])
+        return any(i.type == pafs.FileType.File and i.mtime is not None and i.mtime.timestamp() > since for i in infos)
+
     def committed_keys(self) -> set[str]:
         return {name[: -len(".json")] for name in self.listdir("_committed") if name.endswith(".json")}
 

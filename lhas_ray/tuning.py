@@ -5,8 +5,9 @@ the trial, its reports forwarded to Tune by a ``TuneReportCallback``), so the tr
 number of trials at once comes from the cluster's resources. In a sweep, a trial is one whole protocol run of the
 ``lhas`` selector with the trial's weights, in its own run folder; after every committed stage it reports the
 objectives computed from that folder (search_space.py: formulas over the trajectory metrics), so ASHA can stop poor
-trials early. A trial whose objective is NaN fails; a failed trial is retried (``tune.max_failures``) and resumes
-from its last committed stage. An interrupted sweep resumes with ``Tuner.restore``; finished trials are not rerun.
+trials early. A trial whose objective is NaN fails; a dead Train worker is restarted by Ray Train inside the trial
+(``training.max_failures``), a trial that fails anyway is retried by Tune (``tune.max_failures``), and either way it
+resumes from its last committed stage. An interrupted sweep resumes with ``Tuner.restore``; finished trials are not rerun.
 
 A sweep's OUT (a local path, a shared filesystem, ``file://``, ``s3://`` or ``gs://``: everything goes through the
 results store and ``pyarrow.fs``)::

@@ -55,3 +55,18 @@ def test_relative_paths_become_absolute_for_workers_elsewhere(tmp_path, monkeypa
     store.write_bytes("config.yaml", b"x: 1\n")
     monkeypatch.chdir("/")  # a worker's working directory
     assert ResultStore(store.uri).read_bytes("config.yaml") == b"x: 1\n"
+
+
+def test_committed_after_tells_units_committed_since_a_time(tmp_path):
+    import time
+
+    store = ResultStore(str(tmp_path))
+    early, late = Unit("random", 0, 0), Unit("random", 0, 1)
+    store.commit(early)
+    time.sleep(0.05)
+    since = time.time()
+    time.sleep(0.05)
+    assert not store.committed_after([early, late], since)  # late not committed, early committed before
+    store.commit(late)
+    assert store.committed_after([early, late], since)
+    assert not store.committed_after([early], since)

@@ -54,17 +54,14 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, store: ResultStore, relpa
 
 def _move_into_place(tmp: str, final: str, keep_existing: bool) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is replaced, or kept (and ``tmp`` dropped) if asked."""
-    if os.path.exists(final):
-        if keep_existing:
-            shutil.rmtree(tmp)
-            return
+    if os.path.exists(final) and not keep_existing:
         shutil.rmtree(final)
     try:
         os.replace(tmp, final)
-    except OSError:
+    except OSError:  # a complete ``final`` is there (another group moved the same base into place first)
         if not (keep_existing and os.path.exists(os.path.join(final, "config.json"))):
             raise
-        shutil.rmtree(tmp)  # another group moved the same base into place first
+        shutil.rmtree(tmp)
 
 
 def load_checkpoint(store: ResultStore, relpath: str, model_cfg: ModelConfig, cache_dir: str):
