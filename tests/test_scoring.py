@@ -64,20 +64,60 @@ def test_row_order_does_not_depend_on_batch_order(pool, model_and_tok):
     np.testing.assert_allclose(forward.column("loss").to_numpy(), backward.column("loss").to_numpy(), rtol=1e-5)
 
 
+def _backward_per_example(model, tok, rows, params) -> list[dict[str, torch.Tensor]]:
+    """The reference: one unpadded example at a time, HF's own loss, a plain ``loss.backward()``."""
+    out = []
+    for row in rows:
+        model.zero_grad()
+        model(**encode(tok, [row["prompt"]], [row["answer"]], 32)).loss.backward()
+        out.append({n: p.grad.detach().clone() for n, p in params.items()})
+    model.zero_grad()
+    return out
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm()).item()
+
+
+def test_lm_head_spec_picks_the_tied_embedding(model_and_tok):
+    model, _ = model_and_tok
+    assert model.config.tie_word_embeddings
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    params = select_grad_params(model, ["lm_head"])
+    assert list(params) == ["transformer.wte.weight"]  # named_parameters lists a tied tensor once
+    assert params["transformer.wte.weight"] is model.get_output_embeddings().weight
+
+
 def test_vmapped_gradients_equal_one_backward_per_example(pool, model_and_tok):
+    """Every selected tensor, the tied embedding/LM head included: its gradient has both the input-embedding
+    and the output-projection paths, as in a plain backward."""
     model, tok = model_and_tok
     params = select_grad_params(model, ["last_block", "lm_head"])
     assert any(".h.1." in n for n in params) and not any(".h.0." in n for n in params)
+    tied = "transformer.wte.weight"
+    assert tied in params and params[tied] is model.get_output_embeddings().weight
     rows = pool.slice(0, 4).to_pylist()
     enc = encode(tok, [r["prompt"] for r in rows], [r["answer"] for r in rows], 32)
     grads = per_example_grads(model, params, enc)
-    name = next(n for n in params if n.endswith("mlp.c_fc.weight"))
-    for i, row in enumerate(rows):
-        model.zero_grad()
-        one = encode(tok, [row["prompt"]], [row["answer"]], 32)
-        model(**one).loss.backward()
-        torch.testing.assert_close(grads[name][i], params[name].grad, rtol=1e-4, atol=1e-6)
-    model.zero_grad()
+    want = _backward_per_example(model, tok, rows, params)
+    fc = next(n for n in params if n.endswith("mlp.c_fc.weight"))
+    for i in range(len(rows)):
+        err = {n: _rel_err(grads[n][i], want[i][n]) for n in params}
+        assert err[tied] < 1e-4, f"tied embedding/LM head, example {i}: relative error {err[tied]:.3g}"
+        torch.testing.assert_close(grads[fc][i], want[i][fc], rtol=1e-4, atol=1e-6)
+        assert max(err.values()) < 1e-4, err
+
+
+def test_grad_norm_feature_equals_the_norm_of_a_plain_backward(pool, model_and_tok):
+    model, tok = model_and_tok
+    scorer = Scorer(model, tok, {"grad_norm"}, max_length=32, grad_dim=16)
+    rows = pool.slice(0, 4)
+    got = scorer.score(rows)["grad_norm"]
+    want = [
+        torch.sqrt(sum(g.pow(2).sum() for g in one.values())).item()
+        for one in _backward_per_example(model, tok, rows.to_pylist(), scorer.params)
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
 def test_projected_gradients_are_unit_and_norms_positive(pool, model_and_tok):

@@ -121,26 +121,47 @@ class GradientProjector:
         return unit.cpu().numpy().astype(np.float32), norm.cpu().numpy().astype(np.float32)
 
 
+class _LookupThenForward(torch.nn.Module):
+    """The model with its own input-embedding lookup in front, as one module for ``functional_call``.
+
+    Calling the model on ``input_ids`` directly would run HF's padding check (``pad_token_id in input_ids``), a
+    data-dependent branch vmap cannot take; looking the tokens up here and passing ``inputs_embeds`` avoids it, and
+    keeps the lookup inside the reparametrised call, so the embedding weight is the one being differentiated.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs_embeds=self.model.get_input_embeddings()(input_ids)).logits
+
+
 def per_example_grads(
     model: torch.nn.Module, params: dict[str, torch.nn.Parameter], batch: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Gradient of each example's answer loss w.r.t. ``params``, batched with vmap.
 
-    Inputs go in as embeddings with no attention mask: right padding plus causal attention means answer positions
-    never see the padding, and this keeps HF's mask helpers (data-dependent branches) out of vmap.
+    Token ids go through vmap and the embedding lookup runs inside ``functional_call`` with ``params``, so a tensor
+    shared by the input embedding and the LM head (``tie_word_embeddings``) gets both paths of its gradient, as a
+    plain backward does; parameters left out of ``params`` (a frozen embedding under LoRA, say) stay the module's
+    own, as constants. No attention mask: right padding plus causal attention means answer positions never see the
+    padding, and this keeps HF's mask helpers (data-dependent branches) out of vmap.
     """
     device = next(model.parameters()).device
-    detached = {n: p.detach() for n, p in params.items()}
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(batch["input_ids"].to(device))
+    wrapped = _LookupThenForward(model)
+    # tie_weights (functional_call's default) makes a tied tensor given under one name stand for all of its names
+    detached = {f"model.{n}": p.detach() for n, p in params.items()}
+    ids = batch["input_ids"].to(device)
     labels = batch["labels"].to(device)
 
-    def loss_fn(p: dict[str, torch.Tensor], emb: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, p, args=(), kwargs={"inputs_embeds": emb[None]}, strict=False).logits
+    def loss_fn(p: dict[str, torch.Tensor], tok: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(wrapped, p, args=(tok[None],), strict=False)
         return F.cross_entropy(logits[0, :-1].float(), lab[1:], ignore_index=-100)
 
     # torch.func.grad differentiates w.r.t. its argument even under no_grad, which stops autograd from also
     # recording the closed-over (frozen) parameters
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=".*batching rule.*")  # SDPA on CPU falls back to a slower rule
-        return vmap(grad(loss_fn), in_dims=(None, 0, 0))(detached, embeds, labels)
+        grads = vmap(grad(loss_fn), in_dims=(None, 0, 0))(detached, ids, labels)
+    return {n: grads[f"model.{n}"] for n in params}
