@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -93,6 +94,11 @@ class HFStageConfig(_Strict):
     pool: dict[str, Any] = Field(..., description="The pool's dataset spec (lhas_ray.tasks.hf.HFSourceConfig).")
     eval: dict[str, Any] = Field(..., description="The eval set's dataset spec; also the source of the probe sample.")
     ood: dict[str, dict[str, Any]] = Field(default_factory=dict, description="OOD sets by name: dataset specs.")
+    general: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Extra sets of the 'general' eval set by name: dataset specs; up to evaluation.general_size rows "
+        "of each, skill = the name (a name used by several stages needs the same spec).",
+    )
 
     @field_validator("pool", "eval")
     @classmethod
@@ -101,7 +107,7 @@ class HFStageConfig(_Strict):
 
         return HFSourceConfig.model_validate(spec).model_dump(exclude_none=True)
 
-    @field_validator("ood")
+    @field_validator("ood", "general")
     @classmethod
     def _ood_specs(cls, specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         from lhas_ray.tasks.hf import HFSourceConfig
@@ -145,6 +151,12 @@ class DataConfig(_Strict):
     """Settings of the built-in controlled suite that hold across stages."""
 
     seed: int = Field(0, description="Data seed: same seed, same suite, byte for byte.")
+    resample: Literal["fixed", "per_seed"] = Field(
+        "fixed",
+        description="'fixed': one draw of every set (pools, eval, OOD, probe, warm-up, proxy) for all trajectory "
+        "seeds; 'per_seed': each trajectory seed draws its own sets (shared by every selector of that seed), so "
+        "intervals over seeds include the data's variance.",
+    )
     min_len: int = Field(2, ge=1, description="Shortest operand (characters/digits) in-distribution.")
     max_len: int = Field(6, ge=1, description="Longest operand in-distribution; OOD 'length' sets go beyond it.")
 
@@ -236,6 +248,37 @@ class EvaluationConfig(_Strict):
     )
     lca_beta: int | None = Field(None, ge=1, description="LCA over the first beta probe steps; None = all.")
     probe_threshold: float = Field(0.5, ge=0, le=1, description="Probe accuracy for steps_to_threshold.")
+    forgetting: Literal["since_trained", "any_earlier"] = Field(
+        "since_trained",
+        description="f_j^t = max over rows l of R[l, j] - R[t, j]: 'since_trained' takes l in [j, t-1] (after stage j "
+        "was trained, the usual continual-learning reading); 'any_earlier' takes l in [1, t-1] (Chaudhry et al. "
+        "2018 as written, so accuracy reached by transfer before training counts too).",
+    )
+    general_size: int = Field(
+        50,
+        ge=0,
+        description="Examples per skill (built-in) or domain (text) of the 'general' eval set, evaluated after every "
+        "stage over every skill of the suite, targeted or not (imbalance, untrained_retention); 0 turns it off.",
+    )
+    baselines: list[str] = Field(
+        default_factory=lambda: ["random"],
+        description="Selector keys every other selector is tested against (paired by seed); absent ones are skipped.",
+    )
+    myopia_metrics: list[str] | None = Field(
+        None,
+        description="Long-horizon metrics of the myopia family (None: all); fewer claims make each Holm step easier.",
+    )
+
+    @field_validator("myopia_metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        from lhas_ray.evaluation.metrics import COMPANIONS, LONG_HORIZON
+
+        allowed = [m for m in LONG_HORIZON if m not in COMPANIONS]
+        bad = [m for m in names or [] if m not in allowed]
+        if bad:
+            raise ValueError(f"unknown long-horizon metric(s) {bad}; allowed: {allowed}")
+        return names
 
 
 class RayConfig(_Strict):
@@ -350,10 +393,58 @@ class ExperimentConfig(_Strict):
                     raise ValueError(
                         f"stages.{i}: unknown text domain(s) {unknown}; domains: {sorted(DOMAINS)} (or fortunes/<category>)"
                     )
+        if leaks := ood_leaks(self.stages):
+            raise ValueError("\n    ".join(leaks))
+        from lhas_ray.tasks.builtin import capacity_problems
+
+        if problems := capacity_problems(self):
+            raise ValueError("\n    ".join(problems))
         return self
 
     def selector(self, key: str) -> SelectorConfig:
         return next(s for s in self.selectors if s.key == key)
+
+    def data_seed(self, seed: int) -> int:
+        """The data seed trajectory ``seed`` draws its sets with: ``data.seed`` itself, or one of its own per seed."""
+        if self.data.resample == "fixed":
+            return self.data.seed
+        return int(np.random.SeedSequence([self.data.seed, seed, 7919]).generate_state(1, np.uint32)[0])
+
+
+def _source_identity(spec: dict[str, Any]) -> tuple:
+    """Which rows a dataset spec reads, up to slicing: path, configuration, files and the split's base name."""
+    files = spec.get("data_files")
+    return (spec.get("path"), spec.get("name"), repr(files), str(spec.get("split", "train")).split("[")[0])
+
+
+def ood_leaks(stages: list[StageConfig]) -> list[str]:
+    """OOD sets drawn from the same source and split as a stage's eval (and probe) set: each would score the model on
+    rows it is also judged on in distribution, so such a config is refused, naming both."""
+    problems = []
+    evals = {}
+    for j, st in enumerate(stages):
+        if st.source == "hf":
+            evals[_source_identity(st.hf.eval)] = j
+    for i, st in enumerate(stages):
+        if st.source == "hf":
+            for name, spec in st.hf.ood.items():
+                j = evals.get(_source_identity(spec))
+                if j is not None:
+                    problems.append(
+                        f"stages.{i}.hf.ood.{name}: reads the same source and split as stages.{j}.hf.eval "
+                        f"({spec.get('path')}, split {spec.get('split', 'train')}), the eval and probe set of stage "
+                        f"{stages[j].name!r}; use a source no stage evaluates on"
+                    )
+        elif st.source == "text":
+            for dom in st.text.ood_domains:
+                for j, other in enumerate(stages):
+                    if other.source == "text" and dom in other.targets:
+                        problems.append(
+                            f"stages.{i}.text.ood_domains: {dom!r} is the eval domain of stages.{j} "
+                            f"({other.name!r}): both are drawn from its held-out documents; use a domain no stage "
+                            "evaluates on"
+                        )
+    return problems
 
 
 # --- loading ----------------------------------------------------------------------------------------------

@@ -92,11 +92,19 @@ class Timer:
 
 
 def eval_sets(suite: Suite) -> list[EvalSet]:
-    """Every stage's eval set and every OOD set: what each checkpoint is judged on (row t of R)."""
+    """Every stage's eval set, every OOD set (named for the stage it belongs to) and the general set over every skill:
+    what each checkpoint is judged on (row t of R, and the rest)."""
     sets = [EvalSet(f"eval/stage{s.index}", s.eval, s.index) for s in suite.stages]
     for s in suite.stages:
         sets += [EvalSet(f"ood/stage{s.index}-{name.split('/')[-1]}", t, None) for name, t in s.ood.items()]
+    if suite.general is not None and suite.general.num_rows:
+        sets.append(EvalSet("general", suite.general, None))
     return sets
+
+
+def pool_key(cfg: ExperimentConfig, seed: int, t: int) -> str:
+    """The Ray Dataset name of stage t's pool for trajectory seed ``seed`` (seeds that share a data draw share it)."""
+    return f"pool_d{cfg.data_seed(seed)}_{t}"
 
 
 def _rows_table(rows: list[dict], **keys) -> pa.Table:
@@ -115,9 +123,11 @@ def _rows_table(rows: list[dict], **keys) -> pa.Table:
 class TrajectoryRunner:
     """Runs trajectories inside one Train worker (all ranks together); rank 0 writes to the store."""
 
-    def __init__(self, cfg: ExperimentConfig, store: ResultStore, suite: Suite, cache_dir: str, progress: Progress):
-        self.cfg, self.store, self.suite, self.cache_dir, self.progress = cfg, store, suite, cache_dir, progress
-        self.sets = eval_sets(suite)
+    def __init__(
+        self, cfg: ExperimentConfig, store: ResultStore, suites: dict[int, Suite], cache_dir: str, progress: Progress
+    ):
+        self.cfg, self.store, self.suites, self.cache_dir, self.progress = cfg, store, suites, cache_dir, progress
+        self.sets = {seed: eval_sets(suite) for seed, suite in suites.items()}
         self.world = ray.train.get_context().get_world_size()
         self.ds_config = deepspeed_config(cfg.training, cfg.model, self.world)
         self._base_rows: dict[int, list[dict]] = {}
@@ -169,6 +179,7 @@ class TrajectoryRunner:
             return [], {}
         timer = Timer(progress=self.progress)
         warm = self.cfg.training.warmup
+        suite = self.suites[seed]
         model, tokenizer = build_model(self.cfg.model, seed)
         model = with_adapters(model, self.cfg.model)
         curve: list[dict] = []
@@ -178,7 +189,7 @@ class TrajectoryRunner:
                 curve = train_steps(
                     engine,
                     tokenizer,
-                    self.suite.warmup,
+                    suite.warmup,
                     steps=warm.steps,
                     global_batch=self.cfg.training.batch_size,
                     max_length=self.cfg.model.max_length,
@@ -197,7 +208,7 @@ class TrajectoryRunner:
         if seed not in self._base_rows:
             with timer("evaluation"):
                 model, tokenizer = self._load(checkpoint_path("", seed, 0), adapters=False)
-                self._base_rows[seed] = self._evaluate(model, tokenizer, self.sets)
+                self._base_rows[seed] = self._evaluate(model, tokenizer, self.sets[seed])
         timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
         self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timings)
 
@@ -205,7 +216,7 @@ class TrajectoryRunner:
     def stage_unit(self, selector_key: str, seed: int, t: int, fixed_costs: dict[str, float] | None = None) -> None:
         """Score, select, train, evaluate and probe stage t of one trajectory, then commit it."""
         cfg, timer = self.cfg, Timer(dict(fixed_costs or {}), self.progress)
-        stage = self.suite.stages[t - 1]
+        stage = self.suites[seed].stages[t - 1]
         sel_cfg = cfg.selector(selector_key)
         selector = get_selector(sel_cfg.name, **sel_cfg.params)
         model, tokenizer = self._load(checkpoint_path(selector_key, seed, t - 1))
@@ -227,7 +238,7 @@ class TrajectoryRunner:
                 projection_seed=seed,
                 reference=reference,
             )
-            features, rows = score_shard(scorer, ray.train.get_dataset_shard(f"pool_{t}"), cfg.scoring.batch_size)
+            features, rows = score_shard(scorer, ray.train.get_dataset_shard(pool_key(cfg, seed, t)), cfg.scoring.batch_size)
             if "skill" in columns:
                 features = features.append_column("skill", rows.column("skill"))
             context = self._context(selector, scorer, stage, seed)
@@ -259,11 +270,11 @@ class TrajectoryRunner:
 
         # 4. evaluate checkpoint t on every stage's eval set and every OOD set: row t of R
         with timer("evaluation"):
-            metrics = self._evaluate(engine.module, tokenizer, self.sets)
+            metrics = self._evaluate(engine.module, tokenizer, self.sets[seed])
         engine.destroy()
 
         # 5. probe adaptation: a short fine-tune from checkpoint t on stage t+1's fixed probe sample
-        if t < len(self.suite.stages):
+        if t < len(self.suites[seed].stages):
             with timer("probe"):
                 curve += self.probe(selector_key, seed, t)
 
@@ -304,13 +315,13 @@ class TrajectoryRunner:
             ctx.target_grads = np.stack([grads[skills == s].mean(0) for s in sorted(set(skills))])
             ctx.target_embs = _matrix(target, "emb")
         if "proxy_grad" in need:
-            ctx.proxy_grad = _matrix(scored(self.suite.proxy, {"grad"}), "grad").mean(0)
+            ctx.proxy_grad = _matrix(scored(self.suites[seed].proxy, {"grad"}), "grad").mean(0)
         return ctx
 
     def probe(self, selector_key: str, seed: int, t: int) -> list[dict]:
         """Fine-tune a copy of checkpoint t on stage t+1's probe sample; the trajectory's model is untouched."""
         cfg = self.cfg
-        nxt = self.suite.stages[t]
+        nxt = self.suites[seed].stages[t]
         model, tokenizer = self._load(checkpoint_path(selector_key, seed, t))
         engine = self._engine(model.train(), cfg.probe.lr, cfg.probe.steps)
         target = EvalSet(f"eval/stage{t + 1}", nxt.eval, t + 1)
@@ -331,7 +342,8 @@ class TrajectoryRunner:
     # ---- a whole trajectory ----
     def trajectory(self, selector_key: str, seed: int, fixed_costs: dict[str, float]) -> None:
         """Stages 0..T of one (selector, seed), skipping committed ones (resume)."""
-        stages = range(len(self.suite.stages) + 1)
+        n_stages = len(self.suites[seed].stages)
+        stages = range(n_stages + 1)
         done = broadcast_object(
             [self.store.is_committed(Unit(selector_key, seed, t)) for t in stages] if rank() == 0 else None
         )
@@ -339,7 +351,7 @@ class TrajectoryRunner:
         for t in stages:
             if done[t]:
                 continue
-            self.progress.where = f"selector={selector_key} seed={seed} stage {t}/{len(self.suite.stages)}"
+            self.progress.where = f"selector={selector_key} seed={seed} stage {t}/{n_stages}"
             if t == 0:
                 self.base_unit(selector_key, seed, fixed_costs)
             else:
@@ -381,7 +393,7 @@ def trajectory_worker(config: dict) -> None:
         worker_start = None if broadcast_object(restart) else time.time() - since
     with tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
-        runner = TrajectoryRunner(cfg, store, config["suite"], cache, Progress(n_units))
+        runner = TrajectoryRunner(cfg, store, config["suites"], cache, Progress(n_units))
         for i, (selector_key, seed) in enumerate(config["trajectories"]):
             fixed = dict(config.get("fixed_costs", {})) if i == 0 else {}
             if i == 0 and worker_start is not None:
@@ -437,9 +449,15 @@ def trajectory_groups(cfg: ExperimentConfig, store: ResultStore) -> list[list[tu
 
 
 def fit_group(
-    cfg: ExperimentConfig, out: str, suite: Suite, pools: dict, group: list, fixed: dict, name: str, callbacks=None
+    cfg: ExperimentConfig, out: str, data: RunData, group: list, fixed: dict, name: str, callbacks=None
 ):
-    """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost)."""
+    """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost).
+
+    The workers get the suites of the group's seeds (without pools) and, as Ray Datasets, only the pools they use.
+    """
+    seeds = sorted({seed for _, seed in group})
+    suites = {seed: data.suites[seed] for seed in seeds}
+    pools = {k: data.pools[k] for k in sorted({pool_key(cfg, seed, t) for seed in seeds for t in data.stages})}
     store = ResultStore(out)
     local = store.local_path("_ray")
     trainer = TorchTrainer(
@@ -447,7 +465,7 @@ def fit_group(
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "out": out,
-            "suite": suite,
+            "suites": suites,
             "trajectories": group,
             "fixed_costs": fixed,
             "fit_started": time.time(),
@@ -479,23 +497,67 @@ def pool_dataset(pool: pa.Table, num_workers: int, rows_per_block: int = 4096) -
     return ray.data.from_arrow([pool.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
 
 
+@dataclass
+class RunData:
+    """Every data draw of a run: each trajectory seed's suite (without pools; seeds of one draw share the object)
+    and the pools as Ray Datasets named by ``pool_key``."""
+
+    suites: dict[int, Suite]
+    pools: dict[str, ray.data.Dataset]
+    removed: pa.Table  # seed, stage, rows_removed: pool rows dropped for sharing text with a held-out set
+
+    @property
+    def stages(self) -> range:
+        return range(1, len(next(iter(self.suites.values())).stages) + 1)
+
+
+def build_suites(cfg: ExperimentConfig) -> dict[int, Suite]:
+    """Each trajectory seed's suite, built once per data draw (``data.resample``); fails before any Ray work."""
+    by_draw: dict[int, Suite] = {}
+    for seed in cfg.seeds:
+        draw = cfg.data_seed(seed)
+        if draw not in by_draw:
+            by_draw[draw] = build_suite(cfg, seed)
+    return {seed: by_draw[cfg.data_seed(seed)] for seed in cfg.seeds}
+
+
+def run_data(cfg: ExperimentConfig, suites: dict[int, Suite]) -> RunData:
+    """The suites' pools as Ray Datasets (one per draw and stage) and the light suites the workers receive."""
+    pools, light, removed, light_of = {}, {}, [], {}
+    for seed, suite in suites.items():
+        for stage in suite.stages:
+            key = pool_key(cfg, seed, stage.index)
+            if key not in pools:
+                pools[key] = pool_dataset(stage.pool, cfg.training.num_workers)
+            removed.append((seed, stage.index, int(suite.removed_from_pools.get(stage.index, 0))))
+        light[seed] = light_of.setdefault(id(suite), suite.without_pools())
+    table = pa.table(
+        {name: [r[i] for r in removed] for i, name in enumerate(("seed", "stage", "rows_removed"))},
+        schema=POOL_LEAKS_SCHEMA,
+    )
+    return RunData(light, pools, table)
+
+
+POOL_LEAKS_SCHEMA = pa.schema([("seed", pa.int64()), ("stage", pa.int64()), ("rows_removed", pa.int64())])
+
+
 def run_experiment(cfg: ExperimentConfig, out: str, address: str | None = None) -> ResultStore:
     """Run (or resume) every trajectory of the experiment into ``out``; returns the store."""
     store = ResultStore(out)
     out = store.uri  # absolute: the Train workers do not share the driver's working directory
+    suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
     ensure_same_run(store, cfg)
     ray_start = init_ray(cfg, address)
     quiet_libraries()
-    suite = build_suite(cfg)
-    pools = {f"pool_{s.index}": pool_dataset(s.pool, cfg.training.num_workers) for s in suite.stages}
-    light = suite.without_pools()
+    data = run_data(cfg, suites)
+    store.write_parquet("pool_leaks.parquet", data.removed)
     groups = trajectory_groups(cfg, store)
     for i, group in enumerate(groups):
         fixed = {"ray_start": ray_start} if i == 0 else {}
         if len(groups) == 1:
-            fit_group(cfg, out, light, pools, group, fixed, name=f"{cfg.name}-group{i}")
+            fit_group(cfg, out, data, group, fixed, name=f"{cfg.name}-group{i}")
     if len(groups) > 1:
         from lhas_ray.tuning import run_groups_with_tune
 
-        run_groups_with_tune(cfg, out, light, pools, groups, {"ray_start": ray_start})
+        run_groups_with_tune(cfg, out, data, groups, {"ray_start": ray_start})
     return store

@@ -49,11 +49,13 @@ from ray.tune.search.optuna import OptunaSearch
 from lhas_ray.config import ConfigError, ExperimentConfig, SelectorConfig, config_from_dict, dump_config
 from lhas_ray.evaluation.metrics import METRICS, read_long_tables, trajectory_metrics
 from lhas_ray.protocol import (
+    RunData,
+    build_suites,
     ensure_same_run,
     fit_group,
     init_ray,
-    pool_dataset,
     quiet_libraries,
+    run_data,
     trajectory_groups,
 )
 from lhas_ray.search_space import (
@@ -66,7 +68,6 @@ from lhas_ray.search_space import (
 )
 from lhas_ray.selection import get_selector
 from lhas_ray.store import TABLES, ResultStore, Unit
-from lhas_ray.tasks import Suite, build_suite
 from lhas_ray.training.checkpoint import checkpoint_path
 
 log = logging.getLogger("lhas_ray.tuning")
@@ -146,7 +147,14 @@ def trial_scores(store: ResultStore, cfg: ExperimentConfig, upto: tuple[int, int
     if metrics is None or not (metrics["stage"] > 0).any():
         return empty
     ev = cfg.evaluation
-    traj = trajectory_metrics(metrics, curves, lca_beta=ev.lca_beta, threshold=ev.probe_threshold)
+    traj = trajectory_metrics(
+        metrics,
+        curves,
+        lca_beta=ev.lca_beta,
+        threshold=ev.probe_threshold,
+        censor_at=cfg.probe.steps + 1,
+        forgetting=ev.forgetting,
+    )
     if traj.empty:
         return empty
     scores = stage_scores(traj, formulas)
@@ -190,21 +198,19 @@ class ObjectiveReportCallback(UserCallback):
 
 
 # --- the one function trainable ---------------------------------------------------------------------------------------
-def trajectory_trainable(config: dict, *, plan: dict, suite: Suite, pools: dict) -> None:
+def trajectory_trainable(config: dict, *, plan: dict, data: RunData) -> None:
     """A Tune trial: one group of ``run``'s trajectories (config['group']), or one sweep trial (config = its params)."""
     cfg = ExperimentConfig.model_validate(plan["cfg"])
     if plan["mode"] == "groups":
         i = int(config["group"])
         group = [tuple(t) for t in plan["groups"][i]]
         fixed = plan["fixed"] if i == 0 else {}
-        fit_group(
-            cfg, plan["out"], suite, pools, group, fixed, name=f"{cfg.name}-group{i}", callbacks=[TuneReportCallback()]
-        )
+        fit_group(cfg, plan["out"], data, group, fixed, name=f"{cfg.name}-group{i}", callbacks=[TuneReportCallback()])
         return
-    _sweep_trial(cfg, dict(config), plan, suite, pools)
+    _sweep_trial(cfg, dict(config), plan, data)
 
 
-def _sweep_trial(base: ExperimentConfig, params: dict, plan: dict, suite: Suite, pools: dict) -> None:
+def _sweep_trial(base: ExperimentConfig, params: dict, plan: dict, data: RunData) -> None:
     """Run (or resume) one trial's protocol in OUT/trials/<trial_id>, report its objectives, fail on NaN."""
     cfg = trial_config(base, params)
     get_selector("lhas", **cfg.selectors[0].params)  # bad weights fail here, before a Train run starts
@@ -217,7 +223,7 @@ def _sweep_trial(base: ExperimentConfig, params: dict, plan: dict, suite: Suite,
     if pending:
         protocol: Callable = plan.get("protocol") or fit_group
         protocol(
-            cfg, out, suite, pools, pending, {}, name=f"trial-{trial_id}", callbacks=[ObjectiveReportCallback(out, cfg)]
+            cfg, out, data, pending, {}, name=f"trial-{trial_id}", callbacks=[ObjectiveReportCallback(out, cfg)]
         )
     result = trial_scores(store, cfg)
     tune.report(result)
@@ -254,12 +260,12 @@ def share_base(sweep_out: str, store: ResultStore, cfg: ExperimentConfig) -> Non
             break
 
 
-def _trainable(plan: dict, suite: Suite, pools: dict):
+def _trainable(plan: dict, data: RunData):
     """The trainable handed to Tune: parameters in the object store, no CPU of its own (its Train run has them).
 
     Tune needs some resource per trial, so the trial asks for the memory of its driver process (256 MiB) only.
     """
-    with_params = tune.with_parameters(trajectory_trainable, plan=plan, suite=suite, pools=pools)
+    with_params = tune.with_parameters(trajectory_trainable, plan=plan, data=data)
     return tune.with_resources(with_params, {"CPU": 0, "memory": TRIAL_MEMORY})
 
 
@@ -320,14 +326,14 @@ def _tune_storage(store: ResultStore) -> tuple[str, pafs.FileSystem | None]:
 
 # --- run: trajectory groups side by side --------------------------------------------------------------------------------
 def run_groups_with_tune(
-    cfg: ExperimentConfig, out: str, suite: Suite, pools: dict, groups: list, fixed_costs: dict
+    cfg: ExperimentConfig, out: str, data: RunData, groups: list, fixed_costs: dict
 ) -> None:
     """Run ``run``'s trajectory groups as concurrent Tune trials (one Train run each); raise if any group failed."""
     out = child_uri(out)
     plan = {"mode": "groups", "cfg": cfg.model_dump(mode="json"), "out": out, "groups": groups, "fixed": fixed_costs}
     storage, fs = _tune_storage(ResultStore(out))
     tuner = tune.Tuner(
-        _trainable(plan, suite, pools),
+        _trainable(plan, data),
         param_space={"group": tune.grid_search(list(range(len(groups))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=min(len(groups), trial_concurrency(cfg))),
         run_config=tune.RunConfig(
@@ -463,12 +469,11 @@ def run_sweep(
     out = child_uri(out)
     store = ResultStore(out)
     started = _claim_folder(store, sweep_spec(cfg, space, n_trials), resume)
+    suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
     init_ray(cfg, address)
     quiet_libraries()
-    suite = build_suite(cfg)
-    pools = {f"pool_{s.index}": pool_dataset(s.pool, cfg.training.num_workers) for s in suite.stages}
     plan = {"mode": "sweep", "cfg": cfg.model_dump(mode="json"), "out": out, "protocol": protocol}
-    trainable = _trainable(plan, suite.without_pools(), pools)
+    trainable = _trainable(plan, run_data(cfg, suites))
     storage, fs = _tune_storage(store)
     experiment = posixpath.join(storage, EXPERIMENT)
     if started and tune.Tuner.can_restore(experiment, storage_filesystem=fs):

@@ -18,7 +18,7 @@ import yaml
 from lhas_ray.config import config_from_dict, dump_config
 from lhas_ray.evaluation.accuracy import per_example
 from lhas_ray.model import build_model, load_pretrained, save_pretrained
-from lhas_ray.protocol import run_experiment
+from lhas_ray.protocol import build_suites, run_experiment
 from lhas_ray.store import ResultStore
 from lhas_ray.tasks import build_suite
 
@@ -249,3 +249,38 @@ def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, z
     assert any(not torch.equal(a, b) for a, b in zip(merged.parameters(), base.parameters(), strict=True))
     feats = pq.read_table(os.path.join(out, "features/less/s0/stage1.parquet"))
     assert feats.num_rows == 200 and "grad" in feats.column_names
+
+
+def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session, hf_model_dir, tmp_path):
+    """data.resample per_seed: each seed trains and is judged on its own draw, every selector of a seed on the same.
+
+    Checked against the driver's own suites (build_suites): every selected example's skill and tags match the pool of
+    its seed's draw, the two seeds' pools differ, and the general set covers every built-in skill after every stage.
+    """
+    raw = micro_config(model_name=hf_model_dir, steps=10, warmup={"steps": 10, "size": 128, "lr": 3e-3})
+    raw["stages"] = raw["stages"][:1]
+    raw["data"] = {**raw["data"], "resample": "per_seed"}
+    raw["seeds"] = [0, 1]
+    raw["selectors"] = [{"name": "random"}, {"name": "loss_low"}]
+    raw["evaluation"] = {"general_size": 8}
+    cfg = config_from_dict(raw)
+    suites = build_suites(cfg)
+    pools = {seed: suites[seed].stages[0].pool.to_pandas().set_index("example_id") for seed in cfg.seeds}
+    assert not pools[0]["prompt"].equals(pools[1]["prompt"])
+    out = str(tmp_path / "per_seed")
+    run_experiment(cfg, out)
+    for seed in cfg.seeds:
+        for sel in ("random", "loss_low"):
+            picked = pq.read_table(os.path.join(out, f"selections/{sel}/s{seed}/stage1.parquet")).to_pandas()
+            expect = pools[seed].loc[picked.example_id]
+            assert list(picked.skill) == list(expect.skill), (sel, seed)
+            assert [list(t) for t in picked.tags] == [list(t) for t in expect.tags], (sel, seed)
+    metrics = ResultStore(out).read_table("metrics").to_pandas()
+    general = metrics[(metrics.eval_set == "general") & (metrics.metric == "accuracy") & (metrics.skill != "all")]
+    from lhas_ray.tasks.builtin import SKILLS
+
+    for (_, _, _), g in general.groupby(["selector", "seed", "stage"]):
+        assert set(g.skill) == set(SKILLS)
+    assert set(general.stage) == {0, 1}
+    leaks = pq.read_table(os.path.join(out, "pool_leaks.parquet")).to_pandas()
+    assert set(zip(leaks.seed, leaks.stage, strict=True)) == {(0, 1), (1, 1)} and (leaks.rows_removed == 0).all()

@@ -68,6 +68,7 @@ def test_same_seed_same_bytes_other_seed_differs():
     one, two = build_suite(cfg), build_suite(cfg)
     for s1, s2 in zip(one.stages, two.stages, strict=True):
         assert s1.pool.equals(s2.pool) and s1.eval.equals(s2.eval) and s1.probe.equals(s2.probe)
+    assert one.general.equals(two.general) and one.warmup.equals(two.warmup) and one.proxy.equals(two.proxy)
     other = build_suite(load_config("demo", ["data.seed=1"]))
     assert not other.stages[0].pool.equals(one.stages[0].pool)
 
@@ -105,7 +106,9 @@ def test_ood_sets_are_longer_or_reformatted_and_probe_is_fixed():
 
 def test_tables_follow_the_schema_and_ids_are_unique_across_sets():
     suite = build_suite(load_config("demo"))
-    tables = [suite.warmup, suite.proxy] + [t for s in suite.stages for t in (s.pool, s.eval, s.probe, *s.ood.values())]
+    tables = [suite.warmup, suite.proxy, suite.general]
+    tables += [t for s in suite.stages for t in (s.pool, s.eval, s.probe, *s.ood.values())]
+    assert suite.general.num_rows == 50 * len(b.SKILLS)
     ids = np.concatenate([t.column("example_id").to_numpy() for t in tables])
     assert len(np.unique(ids)) == len(ids)
     assert all(t.schema.equals(EXAMPLE_SCHEMA) for t in tables)
@@ -113,6 +116,7 @@ def test_tables_follow_the_schema_and_ids_are_unique_across_sets():
 
 def test_text_stages_build_from_the_standard_library_and_pydoc():
     from lhas_ray.config import config_from_dict
+    from lhas_ray.tasks import text
 
     raw = {
         "stages": [
@@ -136,12 +140,19 @@ def test_text_stages_build_from_the_standard_library_and_pydoc():
     assert stage.pool.num_rows == 60 and set(stage.pool.column("skill").to_pylist()) == {"code", "docs"}
     assert stage.eval.num_rows == 10 and set(stage.ood) == {"ood/docs"}
     assert stage.probe.num_rows == 8 and suite.proxy.num_rows > 0
-    ids = np.concatenate(
-        [t.column("example_id").to_numpy() for t in (stage.pool, stage.eval, stage.probe, *stage.ood.values())]
+    # the general set: held-out text of every domain of the stage (50 each), skill = the domain
+    assert suite.general.column("skill").to_pylist() == ["code"] * 50 + ["docs"] * 50
+    assert set(suite.general.column("answer").to_pylist()) <= set(text.chunks("code", 64, heldout=True).texts) | set(
+        text.chunks("docs", 64, heldout=True).texts
     )
+    tables = (stage.pool, stage.eval, stage.probe, suite.general, *stage.ood.values())
+    ids = np.concatenate([t.column("example_id").to_numpy() for t in tables])
     assert len(np.unique(ids)) == len(ids)
-    # held-out text never shares a chunk with training text
-    assert not set(stage.eval.column("answer").to_pylist()) & set(stage.pool.column("answer").to_pylist())
+    # held-out text never shares a chunk with training text; the pool never holds a probe chunk either
+    pool_text = set(stage.pool.column("answer").to_pylist())
+    for held in (stage.eval, stage.probe, suite.general, *stage.ood.values()):
+        assert not set(held.column("answer").to_pylist()) & pool_text
+    assert stage.pool.num_rows == 60 - suite.removed_from_pools[1]
 
 
 def test_unknown_text_domain_names_the_domains():

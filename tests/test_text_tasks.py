@@ -151,3 +151,60 @@ def test_jokes():
     pytest.importorskip("pyjokes", reason="the jokes domain needs pyjokes (scripts/fetch_text_sources.sh)")
     t = text.text_examples("jokes", 20, split="pool")
     assert t.num_rows == 20 and set(t.column("skill").to_pylist()) == {"jokes"}
+
+
+def test_exclude_and_clip():
+    held = text.chunks("docs", 128, heldout=True)
+    avoid = held.texts[: len(held) // 2]
+    t = text.text_examples("docs", 10**6, split="eval", max_chars=128, exclude=avoid, clip=True)
+    assert t.num_rows == sum(c not in set(avoid) for c in held.texts)
+    assert not set(t.column("answer").to_pylist()) & set(avoid)
+
+
+def test_text_pool_loses_rows_that_repeat_held_out_text_up_to_case_and_whitespace(fake_cache, caplog):
+    """Fortunes that exist twice, once in other case and spacing: where one twin is held-out text (eval/general) or
+    the probe, the pool loses the other; exactly those rows, counted in removed_from_pools and the log."""
+    from lhas_ray.config import config_from_dict
+    from lhas_ray.tasks import build_suite
+
+    base = [f"Fortune number {i} says the tide turns at dawn, friend." for i in range(40)]
+    twins = ["  " + s.upper().replace(" ", "  \t") + "\n" for s in base]
+    write_fortunes(fake_cache, {"twins": base + twins})
+    n_train = len(text.chunks("fortunes", 128, heldout=False))
+    n_held = len(text.chunks("fortunes", 128, heldout=True))
+    assert n_train + n_held == 80 and n_held >= 5
+    raw = {
+        "stages": [
+            {
+                "name": "fortunes",
+                "source": "text",
+                "targets": ["fortunes"],
+                "budget": 5,
+                "pool": {"size": n_train - 2},  # every training chunk but the probe's two
+                "eval_size": n_held - 2,
+                "ood": [],
+                "probe_size": 2,
+                "text": {"mix": {"fortunes": 1.0}, "max_chars": 128},
+            }
+        ],
+        "selectors": [{"name": "random"}],
+        "evaluation": {"accuracy": "token", "general_size": 5},  # two left: the general set takes them (clipped)
+    }
+    caplog.set_level("INFO", logger="lhas_ray.tasks")
+    suite = build_suite(config_from_dict(raw))
+    stage = suite.stages[0]
+    assert suite.general.num_rows == 2 and suite.general.column("skill").to_pylist() == ["fortunes"] * 2
+
+    def norm(s):
+        return " ".join(s.lower().split())
+
+    held = {norm(a) for t in (stage.eval, stage.probe, suite.general) for a in t.column("answer").to_pylist()}
+    probe = set(stage.probe.column("answer").to_pylist())
+    drawn = [c for c in text.chunks("fortunes", 128, heldout=False).texts if c not in probe]  # the pool before
+    kept = sorted(c for c in drawn if norm(c) not in held)
+    expected_removed = len(drawn) - len(kept)
+    assert expected_removed >= 5  # the twins make leaks certain
+    assert suite.removed_from_pools == {1: expected_removed}
+    assert sorted(stage.pool.column("answer").to_pylist()) == kept
+    assert f"removed {expected_removed} pool rows" in caplog.text
+    assert len(set(stage.pool.column("example_id").to_pylist())) == stage.pool.num_rows

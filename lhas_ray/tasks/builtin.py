@@ -7,11 +7,18 @@ count ``ct:abca/a=`` -> ``2``;  lookup ``lk:a1b2c3/b=`` -> ``2``.
 Related skills share an operation (reversal, ordering, digit arithmetic, scanning), so what a selector keeps at one
 stage can help or hurt the next. Generation is vectorised with numpy over whole sets: no Python loop per example
 beyond string assembly. Same ``data.seed``: same tables, byte for byte.
+
+Data hygiene (``draw_suite``): the held-out sets (every stage's eval, probe and OOD sets, the ``general`` set over
+every skill, the LHAS proxy) are drawn first, each with distinct prompts and disjoint from the ones before; pools and
+the warm-up mixture are then drawn around them by vectorised rejection sampling, so no prompt a model is judged on
+(or probed with) is ever a prompt it could train on. ``capacity_problems`` refuses a config whose lengths leave too
+few distinct prompts for that.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +39,9 @@ OPS = {
     "lookup": "lk",
 }
 SKILLS = tuple(OPS)
+STRING_SKILLS = ("copy", "reverse", "sort", "sort_reverse")
+# the symbols an answer of each skill is written in (label noise falls back to random answers over these)
+ANSWER_ALPHABET = {s: LETTERS if s in STRING_SKILLS else DIGITS for s in SKILLS}
 
 RELATED: dict[str, tuple[str, ...]] = {
     "copy": ("reverse", "lookup", "sort"),
@@ -44,7 +54,7 @@ RELATED: dict[str, tuple[str, ...]] = {
     "lookup": ("copy", "count"),
 }
 
-SPLIT_CODE = {"pool": 0, "eval": 1, "probe": 2, "ood/length": 3, "ood/format": 4, "warmup": 5, "proxy": 6}
+SPLIT_CODE = {"pool": 0, "eval": 1, "probe": 2, "ood/length": 3, "ood/format": 4, "warmup": 5, "proxy": 6, "general": 7}
 _STAGE_STRIDE = 10_000_000_000
 _SPLIT_STRIDE = 1_000_000_000
 
@@ -121,7 +131,7 @@ def _cat(*parts: np.ndarray | str) -> np.ndarray:
 def _generate_skill(skill: str, rng: np.random.Generator, n: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, answers) as str arrays for n examples of one skill with operand lengths in [lo, hi]."""
     lens = rng.integers(lo, hi + 1, size=n)
-    if skill in ("copy", "reverse", "sort", "sort_reverse"):
+    if skill in STRING_SKILLS:
         mat = _random_chars(rng, lens, LETTERS)
         return _to_str(mat), _to_str(_string_answer(skill, mat, lens))
     if skill in ("add", "reverse_add"):
@@ -199,20 +209,52 @@ class SuiteSpec:
     probe_size: int
 
 
-def _table(stage: int, split: str, code: str, skills: np.ndarray, prompts, answers, tags: list[list[str]]) -> pa.Table:
+def spec_from_stage(stage: int, st) -> SuiteSpec:
+    """The SuiteSpec of a built-in stage config (``StageConfig``; ``stage`` is 1-based)."""
+    return SuiteSpec(
+        stage=stage,
+        targets=tuple(st.targets),
+        pool_size=st.pool.size,
+        target_share=st.pool.target_share,
+        related_share=st.pool.related_share,
+        noise=st.pool.noise,
+        duplicates=st.pool.duplicates,
+        eval_size=st.eval_size,
+        ood=tuple(st.ood),
+        ood_size=st.ood_size,
+        probe_size=st.probe_size,
+    )
+
+
+def proxy_size(warmup_size: int) -> int:
+    """Size of the built-in LHAS future-proxy mixture for a given warm-up size."""
+    return max(64, min(warmup_size, 512))
+
+
+def _table(stage: int, split: str, code: str, skills: np.ndarray, prompts, answers, tags) -> pa.Table:
     ids = stage * _STAGE_STRIDE + SPLIT_CODE[code] * _SPLIT_STRIDE + np.arange(len(skills), dtype=np.int64)
     return pa.table(
         {
             "example_id": pa.array(ids, pa.int64()),
             "stage": pa.array(np.full(len(skills), stage, np.int32)),
-            "skill": pa.array(skills.astype(str)),
-            "prompt": pa.array(prompts.astype(str)),
-            "answer": pa.array(answers.astype(str)),
-            "split": pa.array([split] * len(skills)),
-            "tags": pa.array(tags, pa.list_(pa.string())),
+            "skill": pa.array(np.asarray(skills).astype(str), pa.string()),
+            "prompt": pa.array(np.asarray(prompts).astype(str), pa.string()),
+            "answer": pa.array(np.asarray(answers).astype(str), pa.string()),
+            "split": pa.array([split] * len(skills), pa.string()),
+            "tags": tags if isinstance(tags, pa.Array) else pa.array(tags, pa.list_(pa.string())),
         },
         schema=EXAMPLE_SCHEMA,
     )
+
+
+def _tag_lists(first: np.ndarray, **flags: np.ndarray) -> pa.Array:
+    """Per-row tag lists: ``first[i]``, then each flag's name where that row's flag is set (vectorised)."""
+    cols = [np.asarray(first, dtype=object)] + [np.where(m, name, None) for name, m in flags.items()]
+    mat = np.stack(cols, axis=1)
+    keep = mat != None  # noqa: E711 (element-wise)
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    values = pa.array(mat[keep].astype(str).tolist() if keep.any() else [], pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=pa.list_(pa.string()))
 
 
 def _rng(seed: int, stage: int, code: str) -> np.random.Generator:
@@ -224,8 +266,62 @@ def _balanced(skills: list[str], n: int) -> np.ndarray:
     return np.array(skills, dtype=object)[np.arange(n) % len(skills)].astype(str) if n else np.array([], dtype=str)
 
 
-def pool(spec: SuiteSpec, seed: int, lo: int, hi: int) -> pa.Table:
-    """The candidate pool: target, related and unrelated skills, label noise and near-duplicates."""
+def _prompt_array(table: pa.Table) -> np.ndarray:
+    return np.asarray(table.column("prompt").to_numpy(zero_copy_only=False)).astype(str)
+
+
+_MAX_ROUNDS = 1000  # rejection-sampling rounds before a set that cannot be filled is an error
+_SWAP_ROUNDS = 16  # tries to make a near-duplicate that is not a held-out prompt (else it stays an exact copy)
+
+
+def _draw(
+    skills: np.ndarray,
+    rng: np.random.Generator,
+    lo: int,
+    hi: int,
+    fmt: str = "standard",
+    exclude: np.ndarray | None = None,
+    distinct: bool = False,
+    where: str = "set",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts and answers for ``skills`` (one row each) whose prompts avoid ``exclude`` and, when ``distinct``, each
+    other: a vectorised batch, then only the rejected rows are drawn again (same skill), for a bounded number of
+    rounds."""
+    n = len(skills)
+    if n == 0:
+        return np.array([], dtype=str), np.array([], dtype=str)
+    prompts = np.empty(n, dtype=object)
+    answers = np.empty(n, dtype=object)
+    taken = np.asarray(exclude if exclude is not None else [], dtype=str)
+    pending = np.arange(n)
+    for _ in range(_MAX_ROUNDS):
+        p, a = generate(skills[pending], rng, lo, hi, fmt)
+        bad = np.isin(p, taken) if len(taken) else np.zeros(len(p), dtype=bool)
+        if distinct:
+            first = np.zeros(len(p), dtype=bool)
+            first[np.unique(p, return_index=True)[1]] = True
+            bad |= ~first
+        ok = ~bad
+        prompts[pending[ok]], answers[pending[ok]] = p[ok], a[ok]
+        if distinct:
+            taken = np.concatenate([taken, p[ok]])
+        pending = pending[bad]
+        if not len(pending):
+            return prompts.astype(str), answers.astype(str)
+    short = sorted(set(skills[pending].tolist()))
+    raise ValueError(
+        f"{where}: could not draw {len(pending)} of {n} examples of {short} whose prompts are "
+        f"{'distinct and ' if distinct else ''}outside the held-out sets after {_MAX_ROUNDS} rounds: lengths "
+        f"{lo}..{hi} leave too few distinct prompts; raise data.max_len or lower eval/probe/ood/general sizes"
+    )
+
+
+def pool(spec: SuiteSpec, seed: int, lo: int, hi: int, exclude: np.ndarray | None = None) -> pa.Table:
+    """The candidate pool: target, related and unrelated skills, label noise and near-duplicates.
+
+    No pool prompt (near-duplicates included) is in ``exclude`` (the held-out prompts); pool rows may repeat each
+    other, which is what near-duplicates are for.
+    """
     rng = _rng(seed, spec.stage, "pool")
     targets = list(spec.targets)
     related = related_skills(targets)
@@ -240,7 +336,7 @@ def pool(spec: SuiteSpec, seed: int, lo: int, hi: int) -> pa.Table:
     ]
     skills = np.concatenate([_balanced(g, n) for g, n, _ in groups])
     role = np.concatenate([np.full(n, name) for _, n, name in groups])
-    prompts, answers = generate(skills, rng, lo, hi)
+    prompts, answers = _draw(skills, rng, lo, hi, exclude=exclude, where=f"stage {spec.stage} pool")
     prompts, answers = prompts.astype(object), answers.astype(object)  # edits below may change string widths
 
     # near-duplicates of other pool rows: string skills get one input symbol changed (answer recomputed),
@@ -252,23 +348,23 @@ def pool(spec: SuiteSpec, seed: int, lo: int, hi: int) -> pa.Table:
     skills[dup_rows] = skills[sources]
     role[dup_rows] = role[sources]
     prompts[dup_rows], answers[dup_rows] = prompts[sources], answers[sources]
-    for skill in ("copy", "reverse", "sort", "sort_reverse"):  # string skills: change one symbol, recompute
+    for skill in STRING_SKILLS:  # string skills: change one symbol, recompute
         rows = dup_rows[skills[dup_rows] == skill]
         if len(rows):
-            prompts[rows], answers[rows] = _swap_last_symbol(skill, prompts[rows], rng)
+            prompts[rows], answers[rows] = _near_duplicates(skill, prompts[rows], answers[rows], rng, exclude)
 
-    # label noise: the answer of another example of the same length class, so it looks plausible
+    # label noise: the answer of another example of the same skill and answer length, so it looks plausible
     n_noise = round(spec.pool_size * spec.noise)
     noise_rows = rng.choice(spec.pool_size, size=n_noise, replace=False)
-    answers[noise_rows] = _corrupt(answers[noise_rows], rng)
+    answers[noise_rows] = _corrupt(skills, answers, noise_rows, rng)
 
-    tags = [[r] for r in role.tolist()]
-    for r in dup_rows.tolist():
-        tags[r].append("duplicate")
-    for r in noise_rows.tolist():
-        tags[r].append("noise")
+    is_dup = np.zeros(spec.pool_size, dtype=bool)
+    is_dup[dup_rows] = True
+    is_noise = np.zeros(spec.pool_size, dtype=bool)
+    is_noise[noise_rows] = True
     order = rng.permutation(spec.pool_size)
-    return _table(spec.stage, "pool", "pool", skills[order], prompts[order], answers[order], [tags[i] for i in order])
+    tags = _tag_lists(role[order], duplicate=is_dup[order], noise=is_noise[order])
+    return _table(spec.stage, "pool", "pool", skills[order], prompts[order], answers[order], tags)
 
 
 def _swap_last_symbol(skill: str, prompts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -281,51 +377,274 @@ def _swap_last_symbol(skill: str, prompts: np.ndarray, rng: np.random.Generator)
     return _cat(f"{OPS[skill]}:", _to_str(mat), "="), _to_str(_string_answer(skill, mat, lens))
 
 
-def _corrupt(answers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Wrong answers: rotate the answers among the noised rows and, where that leaves one unchanged, append a symbol."""
-    if len(answers) == 0:
-        return answers
-    answers = answers.astype(str)
-    shifted = np.roll(answers.astype(str), 1)
-    same = shifted == answers
-    shifted[same] = np.char.add(shifted[same], "x")
-    return shifted
+def _near_duplicates(
+    skill: str, prompts: np.ndarray, answers: np.ndarray, rng: np.random.Generator, exclude: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Near-duplicates of pool rows (last symbol changed) whose prompts avoid ``exclude``: rows that hit a held-out
+    prompt are tried again, and after ``_SWAP_ROUNDS`` stay exact copies of their (pool) source."""
+    new_p, new_a = (x.astype(object) for x in _swap_last_symbol(skill, prompts, rng))
+    if exclude is None or not len(exclude):
+        return new_p, new_a
+    pending = np.flatnonzero(np.isin(new_p.astype(str), exclude))
+    for _ in range(_SWAP_ROUNDS):
+        if not len(pending):
+            break
+        p, a = _swap_last_symbol(skill, prompts[pending], rng)
+        hit = np.isin(p, exclude)
+        new_p[pending[~hit]], new_a[pending[~hit]] = p[~hit], a[~hit]
+        pending = pending[hit]
+    new_p[pending], new_a[pending] = prompts[pending], answers[pending]
+    return new_p, new_a
 
 
-def eval_set(spec: SuiteSpec, seed: int, lo: int, hi: int) -> pa.Table:
-    """The stage's in-distribution eval set: eval_size examples of each target skill."""
+def _corrupt(skills: np.ndarray, answers: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Wrong answers for ``rows``: the answer of another example of the same skill and the same answer length, drawn
+    uniformly among those whose answer differs from the row's own; where there is none, a random answer of that
+    length over the skill's answer alphabet (no leading zero for numbers), different from the true one.
+
+    ``skills``/``answers`` are the whole set's (the donors); the true answers are not modified.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.array([], dtype=object)
+    answers = np.asarray(answers).astype(str)
+    lens = np.char.str_len(answers).astype(np.int64)
+    uniq, code = np.unique(answers, return_inverse=True)
+    m = len(uniq)
+    group = _skill_index(np.asarray(skills).astype(str)) * (int(lens.max()) + 1) + lens  # (skill, answer length)
+    composite = group * m + code  # sorted: groups, then equal answers together inside a group
+    order = np.argsort(composite, kind="stable")
+    srt = composite[order]
+    g = group[rows]
+    g_lo, g_hi = np.searchsorted(srt, g * m, "left"), np.searchsorted(srt, (g + 1) * m, "left")
+    e_lo, e_hi = np.searchsorted(srt, composite[rows], "left"), np.searchsorted(srt, composite[rows], "right")
+    n_other = (g_hi - g_lo) - (e_hi - e_lo)
+    r = np.minimum((rng.random(len(rows)) * np.maximum(n_other, 1)).astype(np.int64), np.maximum(n_other - 1, 0))
+    pos = np.where(r < e_lo - g_lo, g_lo + r, g_lo + r + (e_hi - e_lo))
+    out = answers[order[np.minimum(pos, len(answers) - 1)]].astype(object)
+    none = n_other == 0
+    if none.any():
+        out[none] = _random_other(np.asarray(skills).astype(str)[rows[none]], answers[rows[none]], rng)
+    return out
+
+
+def _random_other(skills: np.ndarray, answers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random answer of the same length over each row's skill alphabet, different from ``answers``."""
+    out = np.empty(len(answers), dtype=object)
+    for skill in SKILLS:  # a loop over the skills, not over examples
+        sel = np.flatnonzero(skills == skill)
+        if not len(sel):
+            continue
+        alphabet = ANSWER_ALPHABET[skill]
+        true = answers[sel].astype(str)
+        lens = np.char.str_len(true)
+        mat = _random_chars(rng, lens, alphabet)
+        numeric = alphabet is DIGITS
+        lead = numeric & (lens > 1)
+        if numeric:
+            mat[lead, 0] = DIGITS[1:][rng.integers(0, 9, size=int(lead.sum()))]
+        same = _to_str(mat) == true
+        first = mat[same, 0].astype(np.int64) - int(alphabet[0])
+        if numeric:  # next digit: 1..9 cycle for a leading digit of a longer number, 0..9 otherwise
+            nxt = np.where(lead[same], first % 9 + 1, (first + 1) % 10)
+        else:
+            nxt = (first + 1) % len(alphabet)
+        mat[same, 0] = alphabet[nxt]
+        out[sel] = _to_str(mat)
+    return out
+
+
+def eval_set(spec: SuiteSpec, seed: int, lo: int, hi: int, exclude: np.ndarray | None = None) -> pa.Table:
+    """The stage's in-distribution eval set: eval_size examples of each target skill, distinct prompts, none in
+    ``exclude``."""
     rng = _rng(seed, spec.stage, "eval")
     skills = np.repeat(np.array(spec.targets), spec.eval_size)
-    prompts, answers = generate(skills, rng, lo, hi)
+    prompts, answers = _draw(skills, rng, lo, hi, exclude=exclude, distinct=True, where=f"stage {spec.stage} eval")
     return _table(spec.stage, "eval", "eval", skills, prompts, answers, [["target"]] * len(skills))
 
 
-def ood_sets(spec: SuiteSpec, seed: int, lo: int, hi: int) -> dict[str, pa.Table]:
-    """OOD sets of the stage's targets: 'length' (operands longer than seen) and 'format' (unseen prompt layout)."""
+def ood_sets(spec: SuiteSpec, seed: int, lo: int, hi: int, exclude: np.ndarray | None = None) -> dict[str, pa.Table]:
+    """OOD sets of the stage's targets: 'length' (operands longer than seen) and 'format' (unseen prompt layout);
+    distinct prompts, none in ``exclude`` nor in another of these sets."""
     out = {}
+    taken = np.asarray(exclude if exclude is not None else [], dtype=str)
     skills = np.repeat(np.array(spec.targets), spec.ood_size)
     for kind in spec.ood:
         rng = _rng(seed, spec.stage, f"ood/{kind}")
+        where = f"stage {spec.stage} ood/{kind}"
         if kind == "length":
-            prompts, answers = generate(skills, rng, hi + 1, hi + 3)
+            prompts, answers = _draw(skills, rng, hi + 1, hi + 3, exclude=taken, distinct=True, where=where)
         else:
-            prompts, answers = generate(skills, rng, lo, hi, fmt="spaced")
+            prompts, answers = _draw(skills, rng, lo, hi, "spaced", exclude=taken, distinct=True, where=where)
+        taken = np.concatenate([taken, prompts])
         out[f"ood/{kind}"] = _table(spec.stage, "ood", f"ood/{kind}", skills, prompts, answers, [[kind]] * len(skills))
     return out
 
 
-def probe_set(spec: SuiteSpec, seed: int, lo: int, hi: int) -> pa.Table:
-    """The fixed, selector-independent probe sample of this stage (trained on briefly from checkpoint t-1)."""
+def probe_set(spec: SuiteSpec, seed: int, lo: int, hi: int, exclude: np.ndarray | None = None) -> pa.Table:
+    """The fixed, selector-independent probe sample of this stage (trained on briefly from checkpoint t-1);
+    distinct prompts, none in ``exclude``."""
     rng = _rng(seed, spec.stage, "probe")
     skills = _balanced(list(spec.targets), spec.probe_size)
-    prompts, answers = generate(skills, rng, lo, hi)
+    prompts, answers = _draw(skills, rng, lo, hi, exclude=exclude, distinct=True, where=f"stage {spec.stage} probe")
     return _table(spec.stage, "probe", "probe", skills, prompts, answers, [["target"]] * len(skills))
 
 
-def mixture_set(kind: str, size: int, seed: int, lo: int, hi: int) -> pa.Table:
+def mixture_set(kind: str, size: int, seed: int, lo: int, hi: int, exclude: np.ndarray | None = None) -> pa.Table:
     """A broad mixture of every skill, no noise: ``warmup`` makes the base checkpoint (stage 0); ``proxy`` is the
-    future-proxy set of LHAS, a stand-in for "whatever comes next" that is never the real next stage."""
+    future-proxy set of LHAS, a stand-in for "whatever comes next" that is never the real next stage.
+
+    No prompt is in ``exclude``; the proxy (held out from training) also has distinct prompts, the warm-up (training
+    data, like a pool) may repeat them.
+    """
     rng = _rng(seed, 0, kind)
     skills = _balanced(list(SKILLS), size)[rng.permutation(size)]
-    prompts, answers = generate(skills, rng, lo, hi)
+    prompts, answers = _draw(skills, rng, lo, hi, exclude=exclude, distinct=kind != "warmup", where=kind)
     return _table(0, "pool", kind, skills, prompts, answers, [[kind]] * size)
+
+
+def general_set(size: int, seed: int, lo: int, hi: int, exclude: np.ndarray | None = None) -> pa.Table:
+    """The 'general' eval set: ``size`` examples of every skill (targeted or not), in-distribution lengths, standard
+    format, distinct prompts, none in ``exclude``; stage 0, split 'eval', tag 'general'."""
+    rng = _rng(seed, 0, "general")
+    skills = np.repeat(np.array(SKILLS), size)
+    prompts, answers = _draw(skills, rng, lo, hi, exclude=exclude, distinct=True, where="general")
+    return _table(0, "eval", "general", skills, prompts, answers, [["general"]] * len(skills))
+
+
+@dataclass
+class DrawnSuite:
+    """Every built-in set of a run, keyed by 1-based stage; ``heldout`` is every held-out prompt."""
+
+    pools: dict[int, pa.Table] = field(default_factory=dict)
+    evals: dict[int, pa.Table] = field(default_factory=dict)
+    probes: dict[int, pa.Table] = field(default_factory=dict)
+    oods: dict[int, dict[str, pa.Table]] = field(default_factory=dict)
+    general: pa.Table = field(default_factory=EXAMPLE_SCHEMA.empty_table)
+    proxy: pa.Table | None = None
+    warmup: pa.Table | None = None
+    heldout: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
+
+
+def draw_suite(
+    specs: list[SuiteSpec],
+    seed: int,
+    lo: int,
+    hi: int,
+    *,
+    general_size: int = 0,
+    warmup_size: int | None = None,
+    proxy_size: int | None = None,
+) -> DrawnSuite:
+    """The built-in sets of a run, held-out sets first: every stage's eval, probe and OOD sets, then the general
+    set and the proxy, each with distinct prompts and disjoint from those before; then every pool and the warm-up
+    mixture, drawn around all of them (pools and warm-up may share prompts: both are training data).
+
+    ``warmup_size``/``proxy_size`` None: no warm-up/proxy mixture (a run whose first stage is not built-in).
+    """
+    out = DrawnSuite()
+    taken = out.heldout
+
+    def hold(table: pa.Table) -> pa.Table:
+        nonlocal taken
+        taken = np.concatenate([taken, _prompt_array(table)])
+        return table
+
+    for spec in specs:
+        out.evals[spec.stage] = hold(eval_set(spec, seed, lo, hi, taken))
+        out.probes[spec.stage] = hold(probe_set(spec, seed, lo, hi, taken))
+        out.oods[spec.stage] = {k: hold(t) for k, t in ood_sets(spec, seed, lo, hi, taken).items()}
+    if specs and general_size:
+        out.general = hold(general_set(general_size, seed, lo, hi, taken))
+    if proxy_size:
+        out.proxy = hold(mixture_set("proxy", proxy_size, seed, lo, hi, taken))
+    out.heldout = taken
+    for spec in specs:
+        out.pools[spec.stage] = pool(spec, seed, lo, hi, taken)
+    if warmup_size:
+        out.warmup = mixture_set("warmup", warmup_size, seed, lo, hi, taken)
+    return out
+
+
+# --- capacity ----------------------------------------------------------------------------------------------
+
+
+def distinct_prompts(skill: str, lo: int, hi: int) -> int:
+    """How many distinct prompts (one format) a skill has with operand lengths lo..hi, counted combinatorially."""
+    if skill in STRING_SKILLS:  # any string over the 8 letters
+        return sum(len(LETTERS) ** n for n in range(lo, hi + 1))
+    if skill in ("add", "reverse_add"):  # two operands, each without a leading zero
+        per = sum(9 * 10 ** (n - 1) for n in range(lo, hi + 1))
+        return per * per
+    if skill == "count":  # a string over 4 letters and one of them as the query
+        return sum(4**n for n in range(lo, hi + 1)) * 4
+    if skill == "lookup":  # n distinct ordered keys (at most 8), a digit each, one key queried
+        lens = sorted({min(n, len(LETTERS)) for n in range(lo, hi + 1)})
+        return sum(_falling(len(LETTERS), n) * 10**n * n for n in lens)
+    raise ValueError(f"unknown skill {skill!r}; built-in skills: {list(SKILLS)}")
+
+
+def _falling(n: int, k: int) -> int:
+    out = 1
+    for i in range(k):
+        out *= n - i
+    return out
+
+
+def _round_robin(skills: list[str], n: int) -> dict[str, int]:
+    """How many of n round-robin labels (``_balanced``) each skill gets."""
+    counts: dict[str, int] = defaultdict(int)
+    for j, s in enumerate(skills):
+        counts[s] += len(range(j, n, len(skills)))
+    return counts
+
+
+def capacity_problems(cfg) -> list[str]:
+    """Why the built-in stages of ``cfg`` (an ExperimentConfig) cannot have clean held-out sets: one message per
+    skill and prompt space whose held-out demand exceeds half its distinct prompts (so pools keep room and
+    rejection sampling stays fast); empty when they fit."""
+    stages = [(i, st) for i, st in enumerate(cfg.stages) if st.source == "builtin"]
+    if not stages:
+        return []
+    lo, hi = cfg.data.min_len, cfg.data.max_len
+    demand: dict[tuple[str, str], dict[tuple[int | None, str], int]] = defaultdict(lambda: defaultdict(int))
+    for i, st in stages:
+        for t in st.targets:
+            demand[("standard", t)][(i, "eval_size")] += st.eval_size
+            for kind in st.ood:
+                demand[(kind, t)][(i, "ood_size")] += st.ood_size
+        for t, n in _round_robin(list(st.targets), st.probe_size).items():
+            demand[("standard", t)][(i, "probe_size")] += n
+    general = cfg.evaluation.general_size
+    for s in SKILLS:
+        if general:
+            demand[("standard", s)][(None, "general_size")] += general
+    if cfg.stages[0].source == "builtin":
+        for s, n in _round_robin(list(SKILLS), proxy_size(cfg.training.warmup.size)).items():
+            demand[("standard", s)][(None, "proxy")] += n
+    spaces = {  # prompt space: (lengths, what uses it, why only half)
+        "standard": ((lo, hi), "held-out sets need", "so pools keep room"),
+        "format": ((lo, hi), "the 'format' OOD sets need", "so sampling stays fast"),
+        "length": ((hi + 1, hi + 3), "the 'length' OOD sets need", "so sampling stays fast"),
+    }
+    problems = []
+    for (space, skill), parts in demand.items():
+        need = sum(parts.values())
+        (a, b), who, why = spaces[space]
+        room = distinct_prompts(skill, a, b)
+        if need <= room // 2:
+            continue
+        owners = sorted({i for i, _ in parts if i is not None})
+        if owners:
+            head = f"stages.{owners[0]} ({cfg.stages[owners[0]].name})"
+        else:
+            head = "evaluation.general_size" if (None, "general_size") in parts else "training.warmup.size (proxy)"
+        listed = ", ".join(
+            f"{f'stages.{i} ' if i is not None and len(owners) > 1 else ''}{label} {n}"
+            for (i, label), n in parts.items()
+        )
+        problems.append(
+            f"{head}: {who} {need} distinct {skill!r} prompts ({listed}) but lengths {a}..{b} give only {room} (at "
+            f"most half, {room // 2}, {why}); raise data.max_len or lower these sizes"
+        )
+    return problems

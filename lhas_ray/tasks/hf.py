@@ -133,10 +133,12 @@ def load_hf_examples(
     start_id: int,
     n: int | None = None,
     seed: int = 0,
+    clip: bool = False,
 ) -> pa.Table:
     """Examples in EXAMPLE_SCHEMA from a dataset spec: all rows, or n sampled with ``seed``; ids from start_id.
 
     Rows whose answer/text is null or empty are dropped first (nothing to learn from them); a null prompt is empty.
+    ``clip``: n is an upper bound (all usable rows when there are fewer), not an error.
     """
     spec = HFSourceConfig.model_validate(spec) if isinstance(spec, Mapping) else spec
     if split not in SPLITS:
@@ -147,6 +149,8 @@ def load_hf_examples(
     answer = _text_column(table, cols.answer or cols.text, where)
     keep = pc.and_(pc.is_valid(answer), pc.greater(pc.utf8_length(pc.fill_null(answer, "")), 0))
     table = table.filter(keep)
+    if n is not None and clip:
+        n = min(n, table.num_rows)
     if n is not None and n > table.num_rows:
         raise ValueError(f"{where}: asked for {n} examples, but it has {table.num_rows} usable rows")
     if n is not None:

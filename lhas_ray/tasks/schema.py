@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SPLITS = ("pool", "eval", "ood", "probe")
 
@@ -31,3 +33,31 @@ def validate_examples(table: pa.Table, where: str) -> pa.Table:
     if bad:
         raise ValueError(f"{where}: unknown split(s) {sorted(bad)}; allowed: {list(SPLITS)}")
     return table
+
+
+def normalize_text(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """Text as compared for leaks: lowercase, every run of whitespace one space, stripped (vectorised)."""
+    values = pc.fill_null(pc.cast(values, pa.string()), "")
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(values), r"[\s\v\x{85}\pZ]+", " "))
+
+
+def text_hashes(table: pa.Table) -> np.ndarray:
+    """A 64-bit hash per row of the normalised ``prompt + "\\x00" + answer`` (uint64, same text: same hash)."""
+    import pandas as pd
+
+    if table.num_rows == 0:
+        return np.array([], dtype=np.uint64)
+    joined = pc.binary_join_element_wise(
+        normalize_text(table.column("prompt")), normalize_text(table.column("answer")), "\x00"
+    )
+    return pd.util.hash_array(np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
+
+
+def drop_leaks(pool: pa.Table, heldout: list[pa.Table]) -> tuple[pa.Table, int]:
+    """The pool without the rows whose normalised prompt + answer hash equals a held-out row's, and how many went."""
+    held = [text_hashes(t) for t in heldout if t is not None and t.num_rows]
+    if not held or pool.num_rows == 0:
+        return pool, 0
+    leak = np.isin(text_hashes(pool), np.concatenate(held))
+    n = int(leak.sum())
+    return (pool.filter(pa.array(~leak)) if n else pool), n

@@ -282,11 +282,14 @@ def text_examples(
     max_chars: int = 512,
     prompt_chars: int = 0,
     tags: list[str] | None = None,
+    exclude: np.ndarray | None = None,
+    clip: bool = False,
 ) -> pa.Table:
     """n language-modelling examples of a domain in EXAMPLE_SCHEMA: seeded chunks of training or held-out text.
 
     ``split`` 'eval'/'ood' draws from held-out documents, 'pool'/'probe' from training documents; ids are
-    ``start_id + 0..n-1``; ``tags`` are ``[domain root, *tags]`` (e.g. a role such as 'target').
+    ``start_id + 0..n-1``; ``tags`` are ``[domain root, *tags]`` (e.g. a role such as 'target'). ``exclude``: chunk
+    texts (prompt + answer) never to draw; ``clip``: n is an upper bound (fewer rows where fewer chunks are left).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -296,6 +299,10 @@ def text_examples(
         raise ValueError(f"prompt_chars must be in [0, max_chars={max_chars}), got {prompt_chars}")
     heldout = split in HELDOUT_SPLITS
     pieces = chunks(domain, max_chars, heldout)
+    if exclude is not None and len(exclude) and len(pieces):
+        pieces = pieces.take(np.flatnonzero(~np.isin(pieces.texts, np.asarray(exclude, dtype=object))))
+    if clip:
+        n = min(n, len(pieces))
     if n > len(pieces):
         which = "held-out" if heldout else "training"
         raise ValueError(
@@ -330,14 +337,25 @@ def text_mixture(
     max_chars: int = 512,
     prompt_chars: int = 0,
     roles: Mapping[str, str] | None = None,
+    exclude: np.ndarray | None = None,
 ) -> pa.Table:
     """A shuffled mixture of several domains (``{domain: n}``), e.g. a pool of target and other domains.
 
-    ``roles`` tags each domain's rows (``{'code': 'target', 'bible': 'unrelated'}``); ids are consecutive from start_id.
+    ``roles`` tags each domain's rows (``{'code': 'target', 'bible': 'unrelated'}``); ids are consecutive from start_id;
+    ``exclude``: chunk texts never to draw (see ``text_examples``).
     """
     parts = [
         text_examples(
-            d, k, seed, split, stage, 0, max_chars, prompt_chars, [roles[d]] if roles and d in roles else None
+            d,
+            k,
+            seed,
+            split,
+            stage,
+            0,
+            max_chars,
+            prompt_chars,
+            [roles[d]] if roles and d in roles else None,
+            exclude=exclude,
         )
         for d, k in counts.items()
     ]
