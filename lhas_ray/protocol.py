@@ -238,7 +238,9 @@ class TrajectoryRunner:
                 projection_seed=seed,
                 reference=reference,
             )
-            features, rows = score_shard(scorer, ray.train.get_dataset_shard(pool_key(cfg, seed, t)), cfg.scoring.batch_size)
+            features, rows = score_shard(
+                scorer, ray.train.get_dataset_shard(pool_key(cfg, seed, t)), cfg.scoring.batch_size
+            )
             if "skill" in columns:
                 features = features.append_column("skill", rows.column("skill"))
             context = self._context(selector, scorer, stage, seed)
@@ -448,9 +450,7 @@ def trajectory_groups(cfg: ExperimentConfig, store: ResultStore) -> list[list[tu
     return [pending[i::n] for i in range(n)] if n else []
 
 
-def fit_group(
-    cfg: ExperimentConfig, out: str, data: RunData, group: list, fixed: dict, name: str, callbacks=None
-):
+def fit_group(cfg: ExperimentConfig, out: str, data: RunData, group: list, fixed: dict, name: str, callbacks=None):
     """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost).
 
     The workers get the suites of the group's seeds (without pools) and, as Ray Datasets, only the pools they use.

@@ -26,12 +26,24 @@ from matplotlib.figure import Figure
 from lhas_ray.evaluation.metrics import (
     HIGHER_IS_BETTER,
     accuracy_matrices,
+    definitions,
     missing_units,
     read_long_tables,
     trajectory_metrics,
     trajectory_table,
+    untargeted_skills,
 )
-from lhas_ray.evaluation.ranking import NOW, PRIMARY_LATER, Ranking, rank_analysis, ranking_table
+from lhas_ray.evaluation.ranking import (
+    MIN_SEEDS_TAU_INTERVAL,
+    NOW,
+    PRIMARY_LATER,
+    TEST_NAME,
+    Ranking,
+    myopia_verdict,
+    rank_analysis,
+    ranking_table,
+)
+from lhas_ray.evaluation.stats import min_attainable_p
 from lhas_ray.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -51,20 +63,6 @@ SECTIONS = (
     "tuning",
     "definitions",
 )
-DEFINITIONS = {
-    "immediate": "R[t,t]: accuracy on stage t's eval set right after training on stage t.",
-    "gain": "R[t,t] - R[t-1,t]: what stage t taught (a selector that learns nothing also forgets nothing).",
-    "acc": "mean over j <= t of R[t,j]: average accuracy on the stages seen so far (ACC_T at the last stage).",
-    "forgetting": "mean over j < t of (max over j <= l < t of R[l,j]) - R[t,j] (Chaudhry et al. 2018).",
-    "bwt": "mean over i < t of R[t,i] - R[i,i]: backward transfer (GEM).",
-    "fwt": "mean over 2 <= i <= t of R[i-1,i] - R[0,i]: forward transfer against the base model (GEM).",
-    "lca": "mean probe accuracy over the first beta probe steps (steps 0..beta) on stage t+1 from checkpoint t.",
-    "steps_to_threshold": "first probe step whose accuracy reaches the threshold; inf if never.",
-    "imbalance_range": "max - min of per-skill accuracy over the eval sets of stages 1..t.",
-    "imbalance_cv": "std / mean of per-skill accuracy over the eval sets of stages 1..t.",
-    "ood_acc": "mean accuracy over the OOD sets.",
-    "ood_gap": "acc - ood_acc: in-distribution minus out-of-distribution accuracy.",
-}
 _MAX_PROBLEMS = 20
 
 
@@ -80,6 +78,18 @@ class _Figure:
 
 
 @dataclass
+class _Settings:
+    """What the report needs from the run's config beyond the tables (defaults for folders that predate a field)."""
+
+    baselines: list[str]
+    forgetting: str
+    censor_at: float | None
+    resample: str
+    data_seed: int | None
+    alpha: float = 0.05
+
+
+@dataclass
 class _Run:
     """The validated inputs of a report."""
 
@@ -90,6 +100,8 @@ class _Run:
     trials: pd.DataFrame | None
     lca_beta: int | None
     threshold: float
+    settings: _Settings
+    pool_leaks: pd.DataFrame | None = None
 
 
 # --- loading and validation --------------------------------------------------------------------------------------
@@ -137,7 +149,29 @@ def _load(store: ResultStore) -> _Run:
     trials = None
     if store.exists("trials.parquet"):
         trials = pq.read_table(store.path("trials.parquet"), filesystem=store.fs).to_pandas()
-    return _Run(store.uri, metrics, curves, timings, trials, lca_beta, float(threshold))
+    leaks = None
+    if store.exists("pool_leaks.parquet"):
+        leaks = pq.read_table(store.path("pool_leaks.parquet"), filesystem=store.fs).to_pandas()
+    return _Run(store.uri, metrics, curves, timings, trials, lca_beta, float(threshold), _settings(cfg), leaks)
+
+
+def _settings(cfg: dict) -> _Settings:
+    """The report's settings from the resolved config: baselines, forgetting variant, censoring, data draws."""
+    ev, data, probe = cfg.get("evaluation") or {}, cfg.get("data") or {}, cfg.get("probe") or {}
+    baselines = ev.get("baselines", ["random"])
+    forgetting = ev.get("forgetting", "since_trained")
+    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+        raise ValueError(f"config.yaml: evaluation.baselines must be a list of selector keys; got {baselines!r}")
+    if forgetting not in ("since_trained", "any_earlier"):
+        raise ValueError(f"config.yaml: evaluation.forgetting must be since_trained or any_earlier; got {forgetting!r}")
+    steps = probe.get("steps")
+    return _Settings(
+        baselines=baselines,
+        forgetting=forgetting,
+        censor_at=float(steps) + 1 if isinstance(steps, int) else None,
+        resample=data.get("resample", "fixed"),
+        data_seed=data.get("seed", 0),
+    )
 
 
 # --- figures -----------------------------------------------------------------------------------------------------
@@ -202,15 +236,7 @@ def _fig_heatmaps(matrices: dict[str, np.ndarray], T: int) -> _Figure:
 
 
 def _fig_metrics(trajectory: pd.DataFrame, colors: dict[str, tuple]) -> _Figure:
-    # The line is the mean over every seed, so a stage where some seed's probe never reached the threshold (inf)
-    # draws no point; the band spans the finite values.
-    finite = trajectory.assign(value=trajectory["value"].where(np.isfinite(trajectory["value"])))
-    g = finite.groupby(["metric", "selector", "stage"])["value"]
-    stats = (
-        g.agg(["min", "max"]).join(trajectory.groupby(["metric", "selector", "stage"])["value"].mean()).reset_index()
-    )
-    stats = stats.rename(columns={"value": "mean"})
-    stats["mean"] = stats["mean"].where(np.isfinite(stats["mean"]))
+    stats = trajectory.groupby(["metric", "selector", "stage"])["value"].agg(["min", "max", "mean"]).reset_index()
     present = [m for m in HIGHER_IS_BETTER if m in set(trajectory["metric"])]
     nrows, ncols = _grid(len(present), 4)
     fig = Figure(figsize=(3.6 * ncols, 2.6 * nrows + 0.6))
@@ -235,8 +261,9 @@ def _fig_metrics(trajectory: pd.DataFrame, colors: dict[str, tuple]) -> _Figure:
         "metrics_over_stages",
         "metrics-over-stages",
         "Trajectory metrics over stages",
-        "Lines: mean over seeds; bands: min to max over seeds. steps_to_threshold: where some seed's probe never "
-        "reached the threshold (inf), the mean is not drawn and the band covers the seeds that did. lca and steps_to_threshold stop at T-1 (no probe after the last stage).",
+        "Lines: mean over seeds; bands: min to max over seeds. steps_to_threshold counts a seed whose probe never "
+        "reached the threshold as probe steps + 1 (reached_threshold: the share that did). The probe metrics stop at "
+        "T-1 (no probe after the last stage).",
         _png(fig),
     )
 
@@ -306,8 +333,8 @@ def _fig_pareto(ranking: Ranking, colors: dict[str, tuple]) -> _Figure | None:
         x, y = now.loc[sel, "mean"].to_numpy(), later.loc[sel, "mean"].to_numpy()
         front = pareto_front(x, y if HIGHER_IS_BETTER[m] else -y)
         for i, s in enumerate(sel):
-            xerr = [[x[i] - now.loc[s, "lo"]], [now.loc[s, "hi"] - x[i]]]
-            yerr = [[y[i] - later.loc[s, "lo"]], [later.loc[s, "hi"] - y[i]]]
+            xerr = np.nan_to_num([[x[i] - now.loc[s, "lo"]], [now.loc[s, "hi"] - x[i]]])
+            yerr = np.nan_to_num([[y[i] - later.loc[s, "lo"]], [later.loc[s, "hi"] - y[i]]])
             ax.errorbar(x[i], y[i], xerr=xerr, yerr=yerr, fmt="o", color=colors[s], ms=6, lw=0.8, capsize=2)
             if front[i]:
                 ax.scatter(x[i], y[i], s=160, facecolors="none", edgecolors="red", lw=1.5, zorder=3)
@@ -322,7 +349,8 @@ def _fig_pareto(ranking: Ranking, colors: dict[str, tuple]) -> _Figure | None:
         "pareto",
         "pareto",
         "Immediate versus long-horizon",
-        "Each point: a selector's mean over seeds, with bootstrap intervals over seeds. Red rings and the dashed line: "
+        "Each point: a selector's mean over seeds, with 95% t-intervals of the mean (none with one seed). Red rings "
+        "and the dashed line: "
         "the Pareto front (no other selector is better on both axes, each in its own direction).",
         _png(fig),
     )
@@ -432,141 +460,216 @@ def _fig_trials(trials: pd.DataFrame) -> _Figure | None:
 
 # --- the verdict ---------------------------------------------------------------------------------------------------
 def _fmt_ci(v: float, lo: float, hi: float, signed: bool = False) -> str:
+    """'v [lo, hi]', or just 'v' where no interval was computed."""
     f = "{:+.3f}" if signed else "{:.3f}"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f.format(v)
     return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def _fmt_p(p: float) -> str:
+    return "n/a" if not np.isfinite(p) else f"{p:.3g}"
 
 
 def _leaders(ranks: pd.DataFrame, metric: str, stage: int) -> pd.DataFrame:
     return ranks[(ranks["metric"] == metric) & (ranks["stage"] == stage)].sort_values(["rank", "selector"])
 
 
-def verdict(ranking: Ranking) -> list[str]:
-    """Plain-language findings computed from the rank analysis: who wins now, who wins later, reversal, how sure."""
-    lines: list[str] = []
-    ranks, ci = ranking.ranks, f"{ranking.ci:.0%}"
-    notes = [f"Note: {n[0].upper()}{n[1:]}." for n in ranking.notes if "no " + repr(ranking.baseline) not in n]
+def _who_leads(ranking: Ranking, metric: str, stage: int, what: str) -> tuple[list[str], str]:
+    """'X leads with m [t-interval]; runner-up ...': a description of the means, not a test."""
+    board = _leaders(ranking.ranks, metric, stage)
+    top = board[board["rank"] == board["rank"].min()]
+    names, first = top["selector"].tolist(), top.iloc[0]
+    runner = board[board["rank"] > first["rank"]].head(1)
+    tail = f"; runner-up {runner.iloc[0]['selector']} with {runner.iloc[0]['mean']:.3f}" if len(runner) else ""
+    lead = " and ".join(names) + (" tie" if len(names) > 1 else " leads")
+    ci = "" if ranking.descriptive else f" ({ranking.level:.0%} t-interval of the mean over seeds)"
+    return names, f"{what}: {lead} with {_fmt_ci(first['mean'], first['lo'], first['hi'])}{ci}{tail}."
+
+
+def _agreement_line(ranking: Ranking, T: int, now_names: list[str], later_names: list[str]) -> str:
+    """The rank-agreement sentence for the primary metric: descriptive with one seed, tested with more."""
+    r = ranking.tau.set_index("metric").loc[PRIMARY_LATER]
+    leader = (
+        "The same selector leads now and later."
+        if set(now_names) == set(later_names)
+        else f"The leader changes from {' and '.join(now_names)} (now) to {' and '.join(later_names)} (later)."
+    )
+    head = (
+        f"Rank agreement from immediate accuracy at stage {NOW[1]} to average accuracy at stage {T}: Kendall tau-b "
+        f"{r['tau_b']:+.3f} between the rankings by mean, {r['discordant']:.0%} of selector pairs discordant."
+    )
+    if ranking.descriptive:
+        return f"{head} With one seed this describes this run only; no test. {leader}"
+    interval = (
+        f" [{r['seed_tau_lo']:+.3f}, {r['seed_tau_hi']:+.3f}]"
+        if np.isfinite(r["seed_tau_lo"])
+        else f" (no interval: fewer than {MIN_SEEDS_TAU_INTERVAL} seeds)"
+    )
+    adj = r["p_holm"]
+    if np.isfinite(adj) and adj < ranking.alpha:
+        finding = "the rankings are reversed" if r["seed_tau"] < 0 else "the rankings agree"
+        finding = f"Significantly, {finding} (Holm-adjusted p = {_fmt_p(adj)} < {ranking.alpha:g})."
+    else:
+        finding = (
+            f"Neither agreement nor reversal is significant (Holm-adjusted p = {_fmt_p(adj)} over the "
+            f"{ranking.families.get('reversal', 0)} rank-agreement tests)."
+        )
+    return (
+        f"{head} Within seeds, mean tau-b {r['seed_tau']:+.3f}{interval} over {int(r['n_seeds'])} seeds. "
+        f"{finding} {leader}"
+    )
+
+
+def _myopia_lines(ranking: Ranking) -> list[str]:
+    """Myopia against each baseline: significant claims after Holm, and point estimates said as such."""
+    lines = []
+    my = ranking.myopia
+    for base in ranking.baselines:
+        mine = my[my["baseline"] == base]
+        primary = mine[mine["metric"] == PRIMARY_LATER]
+        point = primary[primary["point_myopic"]]
+        desc = "; ".join(
+            f"{r.selector} (now {_fmt_ci(r.now_diff, r.now_lo, r.now_hi, True)}, later "
+            f"{_fmt_ci(r.later_diff, r.later_lo, r.later_hi, True)}"
+            + ("" if ranking.descriptive else f", adjusted p {_fmt_p(r.p_holm)}")
+            + ")"
+            for r in point.itertuples()
+        )
+        if ranking.descriptive:
+            lines.append(
+                f"Better than {base} at stage {NOW[1]} and worse on {PRIMARY_LATER} at the last stage, in this one "
+                f"seed: {desc or 'none'}. One seed cannot tell such differences from noise: this is not a finding."
+            )
+            continue
+        sig = mine[mine["myopic"]]
+        if len(sig):
+            per = sig.groupby("selector")["metric"].apply(lambda s: ", ".join(s))
+            lines.append(
+                f"Myopic against {base} (better now, worse later; Holm-adjusted p < {ranking.alpha:g}): "
+                + "; ".join(f"{s} on {m}" for s, m in per.items())
+                + "."
+            )
+        else:
+            lines.append(
+                f"No selector is shown myopic against {base} at alpha {ranking.alpha:g} after Holm over the "
+                f"{ranking.families.get('myopia', 0)} myopia claims."
+            )
+        if desc:
+            lines.append(
+                f"Better than {base} now and worse on {PRIMARY_LATER} later by point estimate (mean difference over "
+                f"seeds, {ranking.level:.0%} t-interval): {desc}."
+            )
+    return lines
+
+
+def _evidence_line(ranking: Ranking, settings: _Settings) -> str:
+    """What the verdict rests on: seeds, the data draw, the test, the families, and what they can show."""
+    n = len(ranking.seeds)
+    data = (
+        "each seed drew its own pools, eval, probe, OOD, warm-up and proxy sets (data.resample: per_seed)"
+        if settings.resample == "per_seed"
+        else f"every seed used one fixed draw of the data (data.seed = {settings.data_seed}), so any interval is "
+        "conditional on that draw"
+    )
+    if ranking.descriptive:
+        draw = "its own draw of the data" if settings.resample == "per_seed" else f"data.seed = {settings.data_seed}"
+        return (
+            f"Evidence: 1 seed ({draw}). One seed is descriptive only: no interval, test or verdict is computed; "
+            "list 5 or more seeds in the config's seeds for tests."
+        )
+    fams = ", ".join(f"{k} ({v} claims)" for k, v in ranking.families.items() if v)
+    text = (
+        f"Evidence: {n} seeds, {data}. Tests: {TEST_NAME} (all {2**n} sign patterns), paired by seed; intervals are "
+        f"{ranking.level:.0%} Student-t intervals of the mean over seeds. Each claim belongs to a family controlled "
+        f"with Holm-Bonferroni at alpha {ranking.alpha:g}: {fams}."
+    )
+    m = ranking.families.get("myopia", 0)
+    if m and not ranking.attainable("myopia"):
+        need = int(np.ceil(np.log2(m / ranking.alpha)))
+        text += (
+            f" With {n} seeds the smallest attainable one-sided p-value is {min_attainable_p(n):.3g}, above "
+            f"alpha/m = {ranking.alpha / m:.2g} for the {m} myopia claims: no myopia claim can reach significance at "
+            f"this number of seeds ({need} seeds could; or declare fewer metrics with evaluation.myopia_metrics)."
+        )
+    return text
+
+
+def verdict(ranking: Ranking, settings: _Settings | None = None) -> list[str]:
+    """Plain-language findings computed from the rank analysis; each claim says what it rests on."""
+    # Without settings the absent baselines are known only from the ranking's notes: keep those notes then.
+    said = settings is not None  # the "Myopia: no 'x' selector was run" line below names them
+    settings = settings or _Settings(ranking.baselines, "since_trained", None, "fixed", None)
+    notes = [
+        f"Note: {n[0].upper()}{n[1:]}."
+        for n in ranking.notes
+        if not n.startswith("1 seed") and not (said and "selector in" in n)
+    ]
     if len(ranking.selectors) < 2:
         notes = [n for n in notes if "one selector" not in n]
         return [f"Only one selector was run ({ranking.selectors[0]}): there is nothing to rank.", *notes]
+    lines: list[str] = []
+    if ranking.descriptive:
+        lines.append("One seed: every number below describes this run only. Nothing here is a finding.")
     T = ranking.final_stage.get(PRIMARY_LATER, 1)
-
-    def who_leads(metric: str, stage: int, what: str) -> tuple[list[str], str]:
-        board = _leaders(ranks, metric, stage)
-        top = board[board["rank"] == board["rank"].min()]
-        names = top["selector"].tolist()
-        first = top.iloc[0]
-        runner = board[board["rank"] > first["rank"]].head(1)
-        tail = f"; runner-up {runner.iloc[0]['selector']} with {runner.iloc[0]['mean']:.3f}" if len(runner) else ""
-        lead = " and ".join(names) + (" tie" if len(names) > 1 else " leads")
-        sure = f"; first in {first['p_best']:.0%} of bootstrap resamples of the seeds" if len(names) == 1 else ""
-        return (
-            names,
-            f"{what}: {lead} with {first['mean']:.3f} ({ci} CI [{first['lo']:.3f}, {first['hi']:.3f}]){tail}{sure}.",
-        )
-
-    now_names, text = who_leads(*NOW, f"Now (immediate accuracy after stage {NOW[1]})")
+    now_names, text = _who_leads(ranking, *NOW, f"Now (immediate accuracy after stage {NOW[1]})")
     lines.append(text)
     if T <= 1:
-        lines.append("Only one stage was run, so 'later' is 'now': this run holds no long-horizon evidence.")
+        lines.append("Only one stage was run, so 'later' is 'now': this run contains no long-horizon evidence.")
     else:
-        later_names, text = who_leads(PRIMARY_LATER, T, f"Later (average accuracy over all {T} stages after stage {T})")
+        later_names, text = _who_leads(
+            ranking, PRIMARY_LATER, T, f"Later (average accuracy over all {T} stages after stage {T})"
+        )
         lines.append(text)
         others = []
         for m, label in (
             ("forgetting", "least forgetting"),
             ("lca", "fastest adaptation (LCA)"),
+            ("untrained_retention", "best retention of never-targeted skills"),
             ("ood_acc", "best OOD accuracy"),
         ):
             if m in ranking.final_stage:
-                board = _leaders(ranks, m, ranking.final_stage[m])
+                board = _leaders(ranking.ranks, m, ranking.final_stage[m])
                 others.append(f"{label}: {', '.join(board[board['rank'] == board['rank'].min()]['selector'])}")
         if others:
-            lines.append("Other long-horizon leaders at the final stage: " + "; ".join(others) + ".")
-        tau = ranking.tau.set_index("metric")
-        if PRIMARY_LATER in tau.index:
-            r = tau.loc[PRIMARY_LATER]
-            if r["tau_hi"] < 0:
-                kind = "reverses"
-            elif r["tau_lo"] > 0:
-                kind = "holds (the two rankings agree)"
-            else:
-                kind = "is not clearly related either way (the interval includes 0)"
-            same = set(now_names) == set(later_names)
-            leader = (
-                "The same selector leads now and later."
-                if same
-                else f"The leader changes from {' and '.join(now_names)} (now) to {' and '.join(later_names)} (later)."
-            )
-            lines.append(
-                f"Does the ranking reverse? From immediate accuracy at stage {NOW[1]} to average accuracy at stage {T}, "
-                f"the ranking {kind}: Kendall tau-b {_fmt_ci(r['tau_b'], r['tau_lo'], r['tau_hi'], True)}, "
-                f"{r['discordant']:.0%} of selector pairs discordant [{r['discordant_lo']:.0%}, {r['discordant_hi']:.0%}]. "
-                f"{leader}"
-            )
-            rev = tau[(tau["tau_hi"] < 0)].index.difference([PRIMARY_LATER]).tolist()
-            if rev:
+            lines.append("Other long-horizon leaders by mean at the final stage: " + "; ".join(others) + ".")
+        if PRIMARY_LATER in set(ranking.tau["metric"]):
+            lines.append(_agreement_line(ranking, T, now_names, later_names))
+        if not ranking.descriptive:
+            sig = ranking.tau[(ranking.tau["p_holm"] < ranking.alpha) & (ranking.tau["metric"] != PRIMARY_LATER)]
+            if len(sig):
                 lines.append(
-                    f"Other long-horizon rankings that reverse the immediate one (tau-b interval below 0): {', '.join(rev)}."
+                    "Other rank-agreement tests significant after Holm: "
+                    + ", ".join(f"{r.metric} ({'reversed' if r.seed_tau < 0 else 'agree'})" for r in sig.itertuples())
+                    + "."
                 )
-            else:
-                lines.append(
-                    "No other long-horizon ranking clearly reverses the immediate one (no tau-b interval below 0)."
-                )
-    if ranking.baseline not in ranking.selectors:
-        lines.append(f"Myopia: no {ranking.baseline!r} selector was run, so the myopia test was not done.")
-    elif T > 1 and not ranking.myopia.empty:
-        my = ranking.myopia[ranking.myopia["metric"] == PRIMARY_LATER]
-        sure = my[my["confident"]]
-        maybe = my[my["myopic"] & ~my["confident"]]
-        desc = [
-            f"{r.selector} (now {_fmt_ci(r.now_diff, r.now_lo, r.now_hi, True)}, later "
-            f"{_fmt_ci(r.later_diff, r.later_lo, r.later_hi, True)}, p_myopic {r.p_myopic:.2f})"
-            for r in sure.itertuples()
-        ]
-        base = ranking.baseline
-        if desc:
-            lines.append(
-                f"Myopic against {base} on final average accuracy (both {ci} intervals exclude 0): "
-                + "; ".join(desc)
-                + "."
-            )
-        if len(maybe):
-            lines.append(
-                f"Better than {base} now and worse later, but not surely (an interval includes 0): {', '.join(maybe['selector'])}."
-            )
-        if not len(sure) and not len(maybe):
-            lines.append(f"No selector is better than {base} now and worse later on final average accuracy.")
-        other = ranking.myopia[(ranking.myopia["metric"] != PRIMARY_LATER) & ranking.myopia["confident"]]
-        if len(other):
-            per = other.groupby("selector")["metric"].apply(lambda s: ", ".join(s))
-            lines.append(
-                "Surely myopic on other long-horizon metrics: " + "; ".join(f"{s} ({m})" for s, m in per.items()) + "."
-            )
-    n = len(ranking.seeds)
-    lines.append(
-        f"How sure: {n} seed(s) per selector; intervals are {ci} percentile bootstrap intervals over seeds "
-        f"({ranking.n_boot} resamples, paired across selectors)."
-        + (" With fewer than 5 seeds, rankings among close selectors are not reliable." if n < 5 else "")
-    )
+    missing = [b for b in settings.baselines if b not in ranking.selectors]
+    if missing:
+        lines.append(f"Myopia: no {', '.join(map(repr, missing))} selector was run, so nothing was tested against it.")
+    if T > 1 and not ranking.myopia.empty:
+        lines += _myopia_lines(ranking)
+    lines.append(_evidence_line(ranking, settings))
     return lines + notes
 
 
 # --- tables ---------------------------------------------------------------------------------------------------------
 def _tau_table(ranking: Ranking) -> pd.DataFrame:
     t = ranking.tau
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "long-horizon metric": [f"{m}@{s}" for m, s in zip(t["metric"], t["stage"], strict=True)],
             "selectors": t["n_selectors"].astype(int).astype(str),
-            f"tau-b [{ranking.ci:.0%} CI]": [
-                _fmt_ci(*v, True) for v in zip(t["tau_b"], t["tau_lo"], t["tau_hi"], strict=True)
-            ],
-            "discordant pairs": [
-                f"{d:.0%} [{lo:.0%}, {hi:.0%}]"
-                for d, lo, hi in zip(t["discordant"], t["discordant_lo"], t["discordant_hi"], strict=True)
-            ],
+            "tau-b of mean rankings": t["tau_b"].map("{:+.3f}".format),
+            "discordant pairs": t["discordant"].map("{:.0%}".format),
         }
     )
+    if not ranking.descriptive:
+        out[f"mean per-seed tau-b [{ranking.level:.0%} t-interval]"] = [
+            _fmt_ci(*v, True) for v in zip(t["seed_tau"], t["seed_tau_lo"], t["seed_tau_hi"], strict=True)
+        ]
+        out["p (sign-flip, two-sided)"] = t["p_raw"].map(_fmt_p)
+        out["p (Holm, family reversal)"] = t["p_holm"].map(_fmt_p)
+    return out
 
 
 def _myopia_tables(ranking: Ranking) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -576,36 +679,52 @@ def _myopia_tables(ranking: Ranking) -> tuple[pd.DataFrame, pd.DataFrame]:
     p = my[my["metric"] == PRIMARY_LATER]
     primary = pd.DataFrame(
         {
+            "baseline": p["baseline"],
             "selector": p["selector"],
-            f"now: immediate@{NOW[1]} minus {ranking.baseline}": [
+            f"now: immediate@{NOW[1]} minus baseline": [
                 _fmt_ci(*v, True) for v in zip(p["now_diff"], p["now_lo"], p["now_hi"], strict=True)
             ],
-            f"later: {PRIMARY_LATER}@{ranking.final_stage.get(PRIMARY_LATER)} minus {ranking.baseline}": [
+            f"later: {PRIMARY_LATER}@{ranking.final_stage.get(PRIMARY_LATER)} minus baseline": [
                 _fmt_ci(*v, True) for v in zip(p["later_diff"], p["later_lo"], p["later_hi"], strict=True)
             ],
-            "p_myopic": p["p_myopic"].map("{:.2f}".format),
-            "verdict": p["verdict"],
         }
     )
-    cell = np.where(my["confident"], "myopic", np.where(my["myopic"], "myopic?", ""))
+    if not ranking.descriptive:
+        primary["p now (one-sided)"] = p["p_now"].map(_fmt_p)
+        primary["p later (one-sided)"] = p["p_later"].map(_fmt_p)
+        primary["p (Holm, family myopia)"] = p["p_holm"].map(_fmt_p)
+    primary["verdict"] = [myopia_verdict(r, ranking.alpha) for r in p.itertuples()]
+    cell = np.where(my["myopic"], "myopic", np.where(my["point_myopic"], "point only", ""))
     grid = (
-        my.assign(cell=cell, col=my["metric"] + "@" + my["stage"].astype(str))
-        .pivot(index="selector", columns="col", values="cell")
-        .reindex(
-            columns=[
-                f"{m}@{s}"
-                for m, s in ranking.final_stage.items()
-                if f"{m}@{s}" in set(my["metric"] + "@" + my["stage"].astype(str))
-            ]
+        my.assign(
+            cell=cell, col=my["metric"] + "@" + my["stage"].astype(str), row=my["baseline"] + ": " + my["selector"]
         )
-        .rename_axis(columns=None)
+        .pivot(index="row", columns="col", values="cell")
+        .rename_axis(index="baseline: selector", columns=None)
         .reset_index()
     )
     return primary.reset_index(drop=True), grid
 
 
+def _differences_table(ranking: Ranking) -> pd.DataFrame:
+    """Every selector minus each baseline per metric at its final stage, with raw and Holm-adjusted p-values."""
+    d = ranking.differences
+    if d.empty or ranking.descriptive:
+        return pd.DataFrame()
+    cell = [
+        f"{_fmt_ci(v, lo, hi, True)} p={_fmt_p(pr)}/{_fmt_p(ph)}" + ("*" if ph < ranking.alpha else "")
+        for v, lo, hi, pr, ph in zip(d["diff"], d["lo"], d["hi"], d["p_raw"], d["p_holm"], strict=True)
+    ]
+    return (
+        d.assign(cell=cell, col=d["metric"] + "@" + d["stage"].astype(str), row=d["baseline"] + ": " + d["selector"])
+        .pivot(index="row", columns="col", values="cell")
+        .rename_axis(index="baseline: selector", columns=None)
+        .reset_index()
+    )
+
+
 def _mean_std_rank(row: pd.Series) -> str:
-    """'mean ± std (#rank)'; a never-reached steps_to_threshold reads 'inf' and an undefined std is left out."""
+    """'mean ± std (#rank)'; an undefined std (one seed) is left out."""
     spread = f" ± {row['std']:.3f}" if np.isfinite(row["std"]) else ""
     return f"{row['mean']:.3f}{spread} (#{row['rank']:g})"
 
@@ -658,8 +777,32 @@ def _header_facts(run: _Run, ranking: Ranking, T: int) -> list[tuple[str, str]]:
             "probe metrics",
             f"lca_beta = {run.lca_beta if run.lca_beta is not None else 'all steps'}, threshold = {run.threshold:g}",
         ),
-        ("bootstrap", f"{ranking.n_boot} resamples of the seeds, {ranking.ci:.0%} intervals"),
+        (
+            "evidence",
+            "1 seed: descriptive only (no intervals, no tests)"
+            if ranking.descriptive
+            else f"{TEST_NAME}; {ranking.level:.0%} t-intervals; Holm-Bonferroni per family at alpha {ranking.alpha:g}",
+        ),
+        (
+            "data draws",
+            "per seed (data.resample: per_seed)"
+            if run.settings.resample == "per_seed"
+            else f"one fixed draw for every seed (data.seed = {run.settings.data_seed})",
+        ),
+        ("baselines", ", ".join(ranking.baselines) or "none run"),
+        ("forgetting", run.settings.forgetting),
     ]
+    if run.pool_leaks is not None and len(run.pool_leaks):
+        n = int(run.pool_leaks["rows_removed"].sum())
+        facts.append(
+            (
+                "pool rows removed (text shared with a held-out set)",
+                f"{n} in all" + (f", max {int(run.pool_leaks['rows_removed'].max())} in one stage's pool" if n else ""),
+            )
+        )
+    untargeted = untargeted_skills(run.metrics)
+    if untargeted:
+        facts.append(("never-targeted skills (general set)", ", ".join(untargeted)))
     if run.curves is None or not (run.curves["split"] == "probe").any():
         facts.append(("probe curves", "none recorded: lca and steps_to_threshold are absent"))
     return facts
@@ -668,8 +811,9 @@ def _header_facts(run: _Run, ranking: Ranking, T: int) -> list[tuple[str, str]]:
 def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list[_Figure], T: int) -> tuple[str, str]:
     """The HTML page and its Markdown twin."""
     facts = _header_facts(run, ranking, T)
-    lines = verdict(ranking)
+    lines = verdict(ranking, run.settings)
     primary, grid = _myopia_tables(ranking)
+    defs = definitions(run.settings.forgetting)
     by_section: dict[str, list[_Figure]] = {}
     for f in figures:
         by_section.setdefault(f.section, []).append(f)
@@ -678,23 +822,45 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
         "myopia": [],
         "final-metrics": [("Each metric at its final stage: mean ± std over seeds (#rank)", _final_table(ranking))],
     }
-    if ranking.baseline in ranking.selectors:
+    if ranking.baselines:
         tables["myopia"] = [
-            (f"Against {ranking.baseline}, paired by seed (positive = better than {ranking.baseline})", primary),
+            ("Against each baseline, paired by seed (positive = better than the baseline)", primary),
             (
-                "Myopia on every long-horizon metric (myopic: both intervals exclude 0; myopic?: point estimates only)",
+                "Myopia on every long-horizon metric (myopic: Holm-adjusted p < alpha; point only: not tested or not "
+                "significant)",
                 grid,
             ),
         ]
+        diff = _differences_table(ranking)
+        if not diff.empty:
+            tables["myopia"].append(
+                (
+                    "Every metric at its final stage minus the baseline: mean [t-interval] p=raw/Holm "
+                    "(family difference, two-sided; * = adjusted p < alpha)",
+                    diff,
+                )
+            )
     texts = {
         "ranks": "",
         "rank-reversal": "Kendall tau-b between the ranking by immediate accuracy after stage 1 and each long-horizon "
-        "ranking (+1: same order, -1: reversed); discordant pairs: share of selector pairs ordered oppositely.",
+        "ranking (+1: same order, -1: reversed); discordant pairs: share of selector pairs ordered oppositely. "
+        + (
+            "One seed: descriptive only."
+            if ranking.descriptive
+            else "Within each seed, tau-b is computed on that seed's values; their mean is tested against 0 with the "
+            "exact sign-flip test (Holm over the metrics)."
+        ),
         "myopia": (
-            f"A selector is myopic when it beats {ranking.baseline} on immediate accuracy after stage 1 and loses to it "
-            "on a long-horizon metric at the final stage; p_myopic is the share of bootstrap resamples where both hold."
-            if ranking.baseline in ranking.selectors
-            else f"No {ranking.baseline!r} selector was run, so the myopia test was not done."
+            "A selector is myopic against a baseline when it is better on immediate accuracy after stage 1 and worse "
+            "on a long-horizon metric at the final stage. "
+            + (
+                "With one seed only the point differences are shown; they are not tests."
+                if ranking.descriptive
+                else "Each claim is an intersection-union test: its p-value is the larger of the two one-sided exact "
+                "sign-flip p-values (better now, worse later), Holm-adjusted over every claim of the family."
+            )
+            if ranking.baselines
+            else "No baseline selector was run, so the myopia test was not done."
         ),
         "timings": "" if run.timings is not None else "No timings were recorded.",
         "tuning": "",
@@ -735,18 +901,18 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
         elif sec == "verdict":
             h.append("<ul class='verdict'>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
             h.append(
-                "<p><small>Rules: 'leads' = rank 1 by mean over seeds; a ranking 'reverses' when the tau-b interval "
-                "lies below 0 and 'holds' when it lies above 0; 'myopic' = better than random now and worse later, "
-                "'surely' when both intervals exclude 0.</small></p>"
+                "<p><small>Rules: 'leads' = rank 1 by mean over seeds (a description, not a test); 'myopic' and "
+                "'significant' only where a Holm-adjusted p-value is below alpha; nothing is tested with one "
+                "seed.</small></p>"
             )
             md += [f"- {x}" for x in lines] + [""]
         elif sec == "definitions":
             h.append(
                 "<dl>"
-                + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS.items())
+                + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in defs.items())
                 + "</dl>"
             )
-            md += [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()] + [""]
+            md += [f"- **{k}**: {v}" for k, v in defs.items()] + [""]
         if texts.get(sec):
             h.append(f"<p>{html.escape(texts[sec])}</p>")
             md += [texts[sec], ""]
@@ -765,12 +931,20 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
     return "\n".join(h), "\n".join(md)
 
 
-def write_report(out: str, *, n_boot: int = 1000, seed: int = 0, tensorboard: bool = True) -> str:
+def write_report(out: str, *, tensorboard: bool = True) -> str:
     """Write OUT/report.html (images embedded), OUT/report/*.png, OUT/report.md and the metric tables; returns the HTML path."""
     store = ResultStore(out)
     run = _load(store)
-    trajectory = trajectory_metrics(run.metrics, run.curves, lca_beta=run.lca_beta, threshold=run.threshold)
-    ranking = rank_analysis(trajectory, n_boot=n_boot, seed=seed)
+    st = run.settings
+    trajectory = trajectory_metrics(
+        run.metrics,
+        run.curves,
+        lca_beta=run.lca_beta,
+        threshold=run.threshold,
+        censor_at=st.censor_at,
+        forgetting=st.forgetting,
+    )
+    ranking = rank_analysis(trajectory, baselines=st.baselines, alpha=st.alpha)
     T = int(run.metrics["stage"].max())
     colors = _colors(ranking.selectors)
     figures = [

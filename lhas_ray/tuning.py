@@ -222,9 +222,7 @@ def _sweep_trial(base: ExperimentConfig, params: dict, plan: dict, data: RunData
     pending = [t for group in trajectory_groups(cfg, store) for t in group]
     if pending:
         protocol: Callable = plan.get("protocol") or fit_group
-        protocol(
-            cfg, out, data, pending, {}, name=f"trial-{trial_id}", callbacks=[ObjectiveReportCallback(out, cfg)]
-        )
+        protocol(cfg, out, data, pending, {}, name=f"trial-{trial_id}", callbacks=[ObjectiveReportCallback(out, cfg)])
     result = trial_scores(store, cfg)
     tune.report(result)
     bad = [k for k in objective_names(cfg) if math.isnan(result[k])]
@@ -325,9 +323,7 @@ def _tune_storage(store: ResultStore) -> tuple[str, pafs.FileSystem | None]:
 
 
 # --- run: trajectory groups side by side --------------------------------------------------------------------------------
-def run_groups_with_tune(
-    cfg: ExperimentConfig, out: str, data: RunData, groups: list, fixed_costs: dict
-) -> None:
+def run_groups_with_tune(cfg: ExperimentConfig, out: str, data: RunData, groups: list, fixed_costs: dict) -> None:
     """Run ``run``'s trajectory groups as concurrent Tune trials (one Train run each); raise if any group failed."""
     out = child_uri(out)
     plan = {"mode": "groups", "cfg": cfg.model_dump(mode="json"), "out": out, "groups": groups, "fixed": fixed_costs}

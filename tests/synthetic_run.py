@@ -2,7 +2,13 @@
 
 No model is trained: the accuracy matrix of each trajectory follows a small generative rule in which a selector's
 ``focus`` (share of its budget on the target skill) buys immediate accuracy at the cost of forgetting, related-skill
-accuracy and adaptation speed. Same arguments, same bytes.
+accuracy, adaptation speed and the never-targeted skills. Same arguments, same bytes.
+
+The eval sets follow the run's output contract: ``eval/stage<j>`` (eval_stage j) with a target and a related skill
+drawn from ``TARGETED``; OOD sets ``ood/stage<j>-<kind>`` for every stage j and kind (eval_stage null, they belong to
+stage j); and the ``general`` set (eval_set 'general', eval_stage null) with one accuracy row per skill of ``SKILLS``
+plus an 'all' row, at every stage 0..T. The skills of ``SKILLS`` outside ``TARGETED`` are never targeted by any stage:
+they start at a base level shared by every selector of a seed and decay faster the more focused the selector is.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import yaml
 
 from lhas_ray.store import ResultStore, Unit
 
-SKILLS = ("copy", "reverse", "sort", "add", "count", "lookup")
+SKILLS = ("copy", "reverse", "sort", "add", "count", "lookup")  # every skill of the suite: the general set's
+TARGETED = SKILLS[:4]  # what the stage eval sets hold (target, related); count and lookup: never targeted
+OOD_KINDS = ("long", "format")
+GENERAL_SET = "general"
 DEFAULT_SELECTORS = ("random", "loss", "rds")
 # focus in [0, 1] per known selector name; unknown names get a value from a hash of the name.
 FOCUS = {"random": 0.3, "loss": 0.2, "rds": 0.95, "less": 0.8, "lhas": 0.45, "kcenter": 0.1, "facility": 0.25}
@@ -77,7 +86,56 @@ def synthetic_matrix(selector: str, seed: int, n_stages: int) -> np.ndarray:
     return R
 
 
-def _unit_tables(selector: str, seed: int, stage: int, R: np.ndarray, probe_steps: int, ood_sets: Sequence[str]):
+def _stage_skills(j: int) -> tuple[str, str]:
+    """(target, related) skill of stage j's eval set."""
+    return TARGETED[(j - 1) % len(TARGETED)], TARGETED[j % len(TARGETED)]
+
+
+def _eval_skill_rows(R: np.ndarray, stage: int, j: int, f: float) -> dict[str, float]:
+    """Per-skill accuracy on stage j's eval set after `stage`: focused selectors push the target up, the related
+    skill down (equal shares, so their mean stays R[stage, j])."""
+    acc = float(R[stage, j])
+    target, related = _stage_skills(j)
+    spread = min(0.4 * f, acc, 1 - acc)
+    return {target: acc + spread, related: acc - spread}
+
+
+def synthetic_general(selector: str, seed: int, R: np.ndarray) -> np.ndarray:
+    """G[t, k]: accuracy on skill SKILLS[k] of the general set after stage t (t = 0..T) of one trajectory.
+
+    A targeted skill scores the mean of its per-skill rows in the stages' eval sets that hold it. A never-targeted
+    skill starts at a base level (the warm-up's, the same for every selector of a seed) and loses a share
+    0.05 + 0.3 * focus of it per stage, plus a little noise: the more focused the selector, the more it loses.
+    """
+    n_stages = R.shape[0] - 1
+    f = _focus(selector)
+    rng = np.random.default_rng([seed, zlib.crc32(selector.encode()), 3])
+    base = 0.4 + 0.3 * np.random.default_rng([seed, 11]).random(len(SKILLS))
+    G = np.full((n_stages + 1, len(SKILLS)), np.nan)
+    for t in range(n_stages + 1):
+        held: dict[str, list[float]] = {}
+        for j in range(1, n_stages + 1):
+            for skill, v in _eval_skill_rows(R, t, j, f).items():
+                held.setdefault(skill, []).append(v)
+        for k, skill in enumerate(SKILLS):
+            if skill in held:
+                G[t, k] = np.mean(held[skill])
+            elif t == 0:
+                G[t, k] = base[k]
+            else:
+                G[t, k] = G[t - 1, k] * (1 - (0.05 + 0.3 * f)) + 0.01 * rng.standard_normal()
+    return np.clip(G, 0.0, 1.0)
+
+
+def _unit_tables(
+    selector: str,
+    seed: int,
+    stage: int,
+    R: np.ndarray,
+    G: np.ndarray | None,
+    probe_steps: int,
+    ood_kinds: Sequence[str],
+):
     """The metrics, curves and timings rows of one unit (selector, seed, stage) as pyarrow tables."""
     n_stages = R.shape[0] - 1
     f = _focus(selector)
@@ -92,15 +150,16 @@ def _unit_tables(selector: str, seed: int, stage: int, R: np.ndarray, probe_step
                 m[k].append(v)
 
     for j in range(1, n_stages + 1):
-        acc = float(R[stage, j])
-        add(f"eval/stage{j}", j, "all", acc)
-        target, related = SKILLS[(j - 1) % len(SKILLS)], SKILLS[j % len(SKILLS)]
-        spread = min(0.4 * f, acc, 1 - acc)  # focused selectors: target up, related down; the mean stays acc
-        add(f"eval/stage{j}", j, target, acc + spread)
-        add(f"eval/stage{j}", j, related, acc - spread)
-    seen = R[stage, 1 : max(stage, 1) + 1].mean()
-    for k, name in enumerate(ood_sets):
-        add(name, None, "all", float(np.clip(seen * (0.8 - 0.3 * f) - 0.05 * k, 0, 1)))
+        add(f"eval/stage{j}", j, "all", float(R[stage, j]))
+        for skill, v in _eval_skill_rows(R, stage, j, f).items():
+            add(f"eval/stage{j}", j, skill, v)
+    for j in range(1, n_stages + 1):  # every stage's OOD sets, at every checkpoint; each belongs to stage j
+        for k, kind in enumerate(ood_kinds):
+            add(f"ood/stage{j}-{kind}", None, "all", float(np.clip(R[stage, j] * (0.8 - 0.3 * f) - 0.05 * k, 0, 1)))
+    if G is not None:
+        for k, skill in enumerate(SKILLS):
+            add(GENERAL_SET, None, skill, float(G[stage, k]))
+        add(GENERAL_SET, None, "all", float(G[stage].mean()))  # equal examples per skill
     metrics = pa.table(m, schema=METRICS_SCHEMA)
 
     c: dict[str, list] = {k: [] for k in CURVES_SCHEMA.names}
@@ -136,6 +195,33 @@ def _unit_tables(selector: str, seed: int, stage: int, R: np.ndarray, probe_step
     return metrics, curves, timings
 
 
+def default_config(
+    *,
+    selectors: Sequence[str] = DEFAULT_SELECTORS,
+    seeds: Sequence[int] = (0, 1),
+    n_stages: int = 3,
+    probe_steps: int = 5,
+    forgetting: str = "since_trained",
+    resample: str = "fixed",
+    baselines: Sequence[str] = ("random",),
+) -> dict:
+    """The config.yaml a synthetic run writes: what the report reads from it (selectors, seeds, stages, evaluation
+    settings, probe steps for the censoring of steps_to_threshold, the data draw)."""
+    return {
+        "selectors": [{"name": s} for s in selectors],
+        "seeds": list(seeds),
+        "stages": [{"name": f"stage{t}"} for t in range(1, n_stages + 1)],
+        "data": {"seed": 0, "resample": resample},
+        "probe": {"steps": probe_steps},
+        "evaluation": {
+            "lca_beta": min(3, probe_steps),
+            "probe_threshold": 0.5,
+            "forgetting": forgetting,
+            "baselines": list(baselines),
+        },
+    }
+
+
 def build_synthetic_run(
     out: str,
     *,
@@ -143,32 +229,35 @@ def build_synthetic_run(
     seeds: Sequence[int] = (0, 1),
     n_stages: int = 3,
     probe_steps: int = 5,
-    ood_sets: Sequence[str] = ("ood/long", "ood/format"),
+    ood_sets: Sequence[str] = OOD_KINDS,
+    general: bool = True,
     drop: Iterable[tuple[str, int, int]] = (),
     config: dict | None = None,
     write_config: bool = True,
 ) -> ResultStore:
-    """Write a complete synthetic run to ``out`` (minus the units in ``drop``) and return its store."""
+    """Write a complete synthetic run to ``out`` (minus the units in ``drop``) and return its store.
+
+    ``ood_sets``: the OOD kinds; every stage j gets one set ``ood/stage<j>-<kind>`` per kind ('ood/long' is read as
+    'long'). ``general``: write the general set (False: a run from before it existed, or ``general_size: 0``).
+    ``config``: the whole config.yaml (default: ``default_config(...)``).
+    """
     store = ResultStore(out)
     dropped = {(s, int(r), int(t)) for s, r, t in drop}
+    kinds = [k.split("/")[-1] for k in ood_sets]
     if write_config:
-        cfg = config or {
-            "selectors": [{"name": s} for s in selectors],
-            "seeds": list(seeds),
-            "stages": [{"name": f"stage{t}"} for t in range(1, n_stages + 1)],
-            "evaluation": {"lca_beta": min(3, probe_steps), "probe_threshold": 0.5},
-        }
+        cfg = config or default_config(selectors=selectors, seeds=seeds, n_stages=n_stages, probe_steps=probe_steps)
         store.write_bytes("config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
     for selector in selectors:
         for seed in seeds:
             R = synthetic_matrix(selector, seed, n_stages)
+            G = synthetic_general(selector, seed, R) if general else None
             for stage in range(n_stages + 1):
                 if (selector, seed, stage) in dropped:
                     continue
                 unit = Unit(selector, seed, stage)
                 for name, table in zip(
                     ("metrics", "curves", "timings"),
-                    _unit_tables(selector, seed, stage, R, probe_steps, ood_sets),
+                    _unit_tables(selector, seed, stage, R, G, probe_steps, kinds),
                     strict=True,
                 ):
                     store.write_part(name, unit, table)

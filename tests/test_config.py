@@ -76,3 +76,46 @@ def test_yaml_is_loaded_safely(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def _hf(path: str, split: str, **extra) -> dict:
+    return {"path": path, "split": split, "columns": {"prompt": "q", "answer": "a"}, **extra}
+
+
+def _hf_stages(ood_of_first: dict) -> list[dict]:
+    block = {"budget": 10, "pool": {"size": 100}, "eval_size": 10, "ood_size": 5, "probe_size": 5}
+    return [
+        {
+            "name": "math",
+            "source": "hf",
+            "targets": ["math"],
+            "hf": {"pool": _hf("org/math", "train"), "eval": _hf("org/math", "test"), "ood": {"code": ood_of_first}},
+            **block,
+        },
+        {
+            "name": "code",
+            "source": "hf",
+            "targets": ["code"],
+            "hf": {"pool": _hf("org/code", "train"), "eval": _hf("org/code", "test[:100]")},
+            **block,
+        },
+    ]
+
+
+def test_an_ood_set_that_is_another_stages_eval_source_is_refused():
+    """Stage 1's OOD set reads stage 2's eval split (sliced differently): refused, naming both, before any loading."""
+    raw = {"stages": _hf_stages(_hf("org/code", "test")), "selectors": [{"name": "random"}]}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    msg = str(err.value)
+    assert "stages.0.hf.ood.code" in msg and "stages.1.hf.eval" in msg and "'code'" in msg
+    # another split of that source is fine, and so is another configuration of it
+    config_from_dict({**raw, "stages": _hf_stages(_hf("org/code", "validation"))})
+    config_from_dict({**raw, "stages": _hf_stages(_hf("org/code", "test", name="hard"))})
+
+
+def test_a_text_ood_domain_that_a_stage_evaluates_on_is_refused():
+    raw = load_config("real_text").model_dump(mode="json")
+    raw["stages"][2]["text"]["ood_domains"] = ["code"]  # stage 1's eval domain
+    with pytest.raises(ConfigError, match=r"stages.2.text.ood_domains: 'code' is the eval domain of stages.0"):
+        config_from_dict(raw)

@@ -210,10 +210,14 @@ def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, z
     import json
 
     rng = np.random.default_rng(0)
-    for name, n in (("pool", 200), ("heldout", 60)):
+    words: list[str] = []  # distinct words, so no pool row repeats a held-out one (those would be removed)
+    while len(words) < 280:
+        word = "".join(rng.choice(list("abcdef"), size=rng.integers(2, 6)))
+        if word not in words:
+            words.append(word)
+    for name, chunk in (("pool", words[:200]), ("heldout", words[200:260]), ("ood", words[260:])):
         with open(tmp_path / f"{name}.jsonl", "w") as f:
-            for _ in range(n):
-                word = "".join(rng.choice(list("abcdef"), size=rng.integers(2, 6)))
+            for word in chunk:
                 f.write(json.dumps({"q": f"rv:{word}=", "a": word[::-1], "kind": "reverse"}) + "\n")
     spec = {"path": "json", "columns": {"prompt": "q", "answer": "a", "skill": "kind"}}
     raw = micro_config(model_name=_tiny_llama(str(tmp_path / "llama")), steps=20, zero_stage=zero_stage)
@@ -233,7 +237,7 @@ def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, z
             "hf": {
                 "pool": {**spec, "data_files": str(tmp_path / "pool.jsonl")},
                 "eval": {**spec, "data_files": str(tmp_path / "heldout.jsonl")},
-                "ood": {"same": {**spec, "data_files": str(tmp_path / "heldout.jsonl")}},
+                "ood": {"other": {**spec, "data_files": str(tmp_path / "ood.jsonl")}},
             },
         }
     ]

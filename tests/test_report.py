@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import html
 import os
 import re
 import shutil
@@ -11,17 +12,19 @@ import shutil
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+import yaml
 
-from lhas_ray.evaluation.metrics import trajectory_metrics
+from lhas_ray.evaluation.metrics import FORGETTING_TEXT, definitions, trajectory_metrics
 from lhas_ray.evaluation.ranking import rank_analysis
 from lhas_ray.report import SECTIONS, pareto_front, verdict, write_report, write_tensorboard
 from lhas_ray.store import ResultStore, Unit
 
 try:
-    from synthetic_run import build_synthetic_run
+    from synthetic_run import build_synthetic_run, default_config, long_metrics_from_matrix
 except ImportError:  # tests/ is a package
-    from tests.synthetic_run import build_synthetic_run
+    from tests.synthetic_run import build_synthetic_run, default_config, long_metrics_from_matrix
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG = re.compile(r"<img\b[^>]*\bsrc='([^']*)'")
@@ -32,7 +35,7 @@ REPORT_OUTPUTS = ("report.html", "report.md", "report", "trajectory.parquet", "r
 def run_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
     build_synthetic_run(out, selectors=("random", "loss", "rds"), seeds=(0, 1), n_stages=2, probe_steps=4)
-    path = write_report(out, n_boot=200)
+    path = write_report(out)
     return out, path
 
 
@@ -90,7 +93,7 @@ def test_tables_written_beside_the_report(run_dir):
     assert list(traj.columns) == ["selector", "seed", "stage", "metric", "value"]
     assert set(traj["stage"]) == {1, 2}
     kinds = set(store.read_parquet("ranking.parquet").column("kind").to_pylist())
-    assert {"rank", "tau", "myopia"} <= kinds
+    assert {"rank", "tau", "difference", "myopia", "family"} <= kinds  # two seeds: tested, in families
 
 
 def test_tensorboard_scalars_are_replaced_not_duplicated(run_dir):
@@ -107,7 +110,7 @@ def test_tuning_section_when_trials_exist(tmp_path):
     out = str(tmp_path)
     store = build_synthetic_run(out, selectors=("random", "rds"), seeds=(0,), n_stages=1, probe_steps=2)
     store.write_parquet("trials.parquet", pa.table({"trial": [0, 1, 2], "objective": [0.1, 0.4, 0.3]}))
-    page = _page(write_report(out, n_boot=20, tensorboard=False))
+    page = _page(write_report(out, tensorboard=False))
     assert "<section id='tuning'>" in page
     assert len(IMG.findall(page)) == 6
     assert "Only one stage was run" in page  # T = 1: the verdict says there is no long-horizon evidence
@@ -118,38 +121,229 @@ def test_smallest_run_without_curves_or_timings(tmp_path):
     build_synthetic_run(out, selectors=("random",), seeds=(0,), n_stages=1)
     shutil.rmtree(os.path.join(out, "curves.parquet"))
     shutil.rmtree(os.path.join(out, "timings.parquet"))
-    page = _page(write_report(out, n_boot=20, tensorboard=False))
+    page = _page(write_report(out, tensorboard=False))
     assert len(IMG.findall(page)) == 4  # no timings figure
     assert "No timings were recorded." in page
     assert "none recorded: lca and steps_to_threshold are absent" in page
     assert "Only one selector was run (random): there is nothing to rank." in page
-    assert "Note: 1 seed: bootstrap intervals" in page
+    assert "1 seed: descriptive only (no intervals, no tests)" in page
+    assert "bootstrap" not in page.lower()
 
 
 # --- the verdict is computed from the numbers ------------------------------------------------------------------------
 def _verdict_of(out: str, **kw) -> list[str]:
     store = build_synthetic_run(out, **kw)
     m, c = (store.read_table(t).to_pandas() for t in ("metrics", "curves"))
-    return verdict(rank_analysis(trajectory_metrics(m, c), n_boot=200))
+    return verdict(rank_analysis(trajectory_metrics(m, c, censor_at=kw.get("probe_steps", 5) + 1)))
 
 
-def test_verdict_names_a_myopic_selector(tmp_path):
+def test_verdict_names_a_point_myopic_selector(tmp_path):
     lines = _verdict_of(str(tmp_path), selectors=("random", "loss", "rds"), seeds=(0, 1, 2), n_stages=3)
     text = "\n".join(lines)
     assert "Now (immediate accuracy after stage 1): rds leads" in text
-    assert "Myopic against random on final average accuracy" in text and "rds (now +" in text
-    assert "the ranking reverses" in text
+    assert "The leader changes from rds (now)" in text
+    # rds is better now and worse later by point estimate in every seed, but 3 seeds cannot reach significance
+    assert "Better than random now and worse on acc later by point estimate" in text and "rds (now +" in text
+    assert "No selector is shown myopic against random at alpha 0.05" in text
+    assert "Myopic against" not in text
 
 
 def test_verdict_without_a_myopic_selector(tmp_path):
     text = "\n".join(_verdict_of(str(tmp_path), selectors=("random", "loss"), seeds=(0, 1), n_stages=2))
-    assert "No selector is better than random now and worse later" in text
+    assert "No selector is shown myopic against random" in text
+    assert "by point estimate" not in text  # loss is not better than random now
     assert "Myopic against" not in text
 
 
 def test_verdict_without_random(tmp_path):
     text = "\n".join(_verdict_of(str(tmp_path), selectors=("loss", "rds"), seeds=(0, 1), n_stages=2))
-    assert "no 'random' selector was run, so the myopia test was not done" in text
+    # verdict() without settings: the ranking's own note says it
+    assert "Note: No 'random' selector in this run: nothing was tested against it." in text
+
+
+def test_verdict_without_random_in_the_report(tmp_path):
+    out = str(tmp_path)
+    build_synthetic_run(out, selectors=("loss", "rds"), seeds=(0, 1), n_stages=2)
+    write_report(out, tensorboard=False)
+    lines = _verdict_lines(out)
+    assert "Myopia: no 'random' selector was run, so nothing was tested against it." in lines
+    assert not any("selector in this run" in x for x in lines)  # said once, not again as a note
+
+
+# --- what the evidence supports -----------------------------------------------------------------------------------
+NO_CLAIM_WORDS = ("confident", "surely", "holds", "reverses")
+INTERVAL = re.compile(r"\[\s*[-+]?\d*\.\d+\s*,\s*[-+]?\d*\.\d+\s*\]")  # "[lo, hi]" (not R[0,i] or a link)
+
+
+def _verdict_lines(out: str) -> list[str]:
+    """The verdict's bullet lines from report.md."""
+    md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    section = md.split("## Verdict", 1)[1].split("\n## ", 1)[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+
+
+def _html_verdict_lines(out: str) -> list[str]:
+    page = _page(os.path.join(out, "report.html"))
+    ul = re.search(r"<ul class='verdict'>(.*?)</ul>", page, re.S).group(1)
+    return [html.unescape(x) for x in re.findall(r"<li>(.*?)</li>", ul, re.S)]
+
+
+def _text_of(path: str) -> str:
+    """A report file's text without its embedded images (base64 can spell any word)."""
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", open(path, encoding="utf-8").read())
+
+
+@pytest.fixture(scope="module")
+def one_seed_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("one_seed"))
+    build_synthetic_run(out, selectors=("random", "loss", "rds"), seeds=(0,), n_stages=3, probe_steps=5)
+    write_report(out, tensorboard=False)
+    return out
+
+
+def test_one_seed_report_makes_no_claim(one_seed_run):
+    out = one_seed_run
+    md, page = _text_of(os.path.join(out, "report.md")), _text_of(os.path.join(out, "report.html"))
+    table = ResultStore(out).read_parquet("ranking.parquet").to_pandas()
+    words = " ".join(str(v) for col in ("kind", "metric", "statistic", "note") for v in table[col].dropna())
+    for text in (md, page, words):
+        for word in NO_CLAIM_WORDS:
+            assert not re.search(rf"\b{word}\b", text, re.IGNORECASE), word
+    lines = _verdict_lines(out)
+    assert lines == _html_verdict_lines(out)  # the page and its twin say the same
+    assert len(lines) >= 5
+    for line in lines:  # no bracket at all in the verdict, but the placeholder of "(seeds: [...])"
+        assert "[" not in line.replace("seeds: [...]", ""), line
+    assert not INTERVAL.search(md) and not INTERVAL.search(page)  # no interval anywhere
+    assert lines[0] == "One seed: every number below describes this run only. Nothing here is a finding."
+    assert any(x.startswith("Evidence: 1 seed") and "One seed is descriptive only" in x for x in lines)
+    assert "sign-flip" not in " ".join(lines) and "Holm" not in " ".join(lines)  # no test is named: none was run
+    # the myopia line is a point description, said as such
+    assert any("in this one seed" in x and "this is not a finding" in x for x in lines)
+    # ranking.parquet: no interval bound, no p-value, no family
+    assert table["lo"].isna().all() and table["hi"].isna().all()
+    assert table[table["statistic"].str.startswith("p_value")]["value"].isna().all()
+    assert "family" not in set(table["kind"])
+    assert (table[(table["kind"] == "myopia") & (table["statistic"] == "myopic")]["value"] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def five_seed_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("five_seeds"))
+    build_synthetic_run(out, selectors=("random", "loss", "rds"), seeds=(0, 1, 2, 3, 4), n_stages=3, probe_steps=5)
+    write_report(out, tensorboard=False)
+    return out
+
+
+def test_five_seed_verdict_names_the_test_seeds_and_families(five_seed_run):
+    out = five_seed_run
+    lines = _verdict_lines(out)
+    assert lines == _html_verdict_lines(out)
+    evidence = next(x for x in lines if x.startswith("Evidence:"))
+    assert evidence.startswith("Evidence: 5 seeds")
+    assert "sign-flip" in evidence and "all 32 sign patterns" in evidence and "Holm" in evidence
+    # family sizes by hand: 2 non-baseline selectors against random;
+    # long-horizon metrics tested: acc, forgetting, bwt, fwt, lca, steps_to_threshold, imbalance_range,
+    # imbalance_cv, untrained_retention, ood_acc, ood_gap = 11 (reached_threshold is a companion)
+    # myopia: 2 x 11 = 22; difference: 2 x (11 + immediate@3 + gain@3 + immediate@1) = 28; reversal: 11
+    assert "myopia (22 claims)" in evidence
+    assert "difference (28 claims)" in evidence
+    assert "reversal (11 claims)" in evidence
+    assert "one fixed draw of the data (data.seed = 0)" in evidence
+    # 1/2^5 = 0.03125 one-sided, and 0.03125 * 22 > 0.05: Holm's first step needs p <= 0.05/22
+    assert 1 / 32 * 22 > 0.05
+    assert "no myopia claim can reach significance at this number of seeds" in evidence
+    assert "9 seeds could" in evidence  # 2^9 = 512 >= 22/0.05 = 440 > 256
+    assert not any(x.startswith("Myopic against") for x in lines)  # nothing can be significant
+    # intervals are shown now, and they are named
+    now = next(x for x in lines if x.startswith("Now (immediate accuracy after stage 1)"))
+    assert INTERVAL.search(now) and "95% t-interval of the mean over seeds" in now
+    page = _text_of(os.path.join(out, "report.html"))
+    assert "bootstrap" not in page.lower()
+
+
+def test_five_seed_ranking_pairs_every_seed_on_censored_steps(five_seed_run):
+    table = ResultStore(five_seed_run).read_parquet("ranking.parquet").to_pandas()
+    traj = ResultStore(five_seed_run).read_parquet("trajectory.parquet").to_pandas()
+    assert np.isfinite(traj["value"]).all()
+    stt = traj[traj["metric"] == "steps_to_threshold"]
+    assert stt["value"].max() == 6.0  # rds never reaches the threshold: censored at probe steps (5) + 1
+    assert set(traj[traj["metric"] == "reached_threshold"]["value"]) == {0.0, 1.0}
+    n = table[
+        (table["kind"] == "difference") & (table["metric"] == "steps_to_threshold") & (table["statistic"] == "n_seeds")
+    ]
+    assert len(n) == 2 and (n["value"] == 5).all()  # loss and rds against random, every seed paired
+    fams = table[table["kind"] == "family"].set_index("metric")["value"].to_dict()
+    assert fams == {"myopia": 22, "difference": 28, "reversal": 11}
+
+
+def test_censoring_reads_probe_steps_from_the_config(tmp_path):
+    # the curves log probe steps 0..5, but config.yaml says probe.steps = 9: a seed that never reaches the
+    # threshold is censored at 9 + 1 = 10, not at the last logged step + 1
+    out = str(tmp_path)
+    cfg = default_config(selectors=("random", "rds"), seeds=(0,), n_stages=2, probe_steps=9)
+    build_synthetic_run(out, selectors=("random", "rds"), seeds=(0,), n_stages=2, probe_steps=5, config=cfg)
+    write_report(out, tensorboard=False)
+    traj = ResultStore(out).read_parquet("trajectory.parquet").to_pandas()
+    rds = traj[(traj["selector"] == "rds") & (traj["stage"] == 1)].set_index("metric")["value"]
+    assert rds["reached_threshold"] == 0.0 and rds["steps_to_threshold"] == 10.0
+
+
+def test_per_seed_data_draws_are_stated(tmp_path):
+    out = str(tmp_path)
+    cfg = default_config(selectors=("random", "rds"), seeds=(0, 1), n_stages=2, resample="per_seed")
+    build_synthetic_run(out, selectors=("random", "rds"), seeds=(0, 1), n_stages=2, config=cfg)
+    write_report(out, tensorboard=False)
+    evidence = next(x for x in _verdict_lines(out) if x.startswith("Evidence:"))
+    assert evidence.startswith("Evidence: 2 seeds") and "data.resample: per_seed" in evidence
+    assert "one fixed draw" not in evidence
+    assert "per seed (data.resample: per_seed)" in open(os.path.join(out, "report.md"), encoding="utf-8").read()
+
+
+# --- the definitions section is generated from metrics.definitions --------------------------------------------------
+def _hand_run(out: str, R: np.ndarray, forgetting: str) -> None:
+    """A complete one-selector, one-seed run whose accuracy matrix is R (no curves, no timings)."""
+    store = ResultStore(out)
+    cfg = default_config(selectors=("s",), seeds=(0,), n_stages=R.shape[0] - 1, forgetting=forgetting)
+    store.write_bytes("config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
+    table = long_metrics_from_matrix(R, "s", 0)
+    for stage in range(R.shape[0]):
+        unit = Unit("s", 0, stage)
+        store.write_part("metrics", unit, table.filter(pc.equal(table.column("stage"), stage)))
+        store.commit(unit)
+
+
+# R[1,2] = 0.6 by transfer before stage 2 is trained, R[2,2] = 0.5, R[3,2] = 0.4 (see test_metrics.R_TRANSFER)
+R_TRANSFER = np.array(
+    [[np.nan, 0.9, 0.95, 0.1], [np.nan, 0.7, 0.6, 0.2], [np.nan, 0.5, 0.5, 0.3], [np.nan, 0.6, 0.4, 0.8]]
+)
+
+
+@pytest.mark.parametrize(
+    ("variant", "other", "forgetting_at_3"),
+    [
+        ("since_trained", "any_earlier", 0.1),  # ((0.7-0.6) + (0.5-0.4))/2
+        ("any_earlier", "since_trained", 0.15),  # ((0.7-0.6) + (0.6-0.4))/2
+    ],
+)
+def test_definitions_section_follows_the_configured_variant(tmp_path, variant, other, forgetting_at_3):
+    out = str(tmp_path)
+    _hand_run(out, R_TRANSFER, variant)
+    write_report(out, tensorboard=False)
+    md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    section = md.split("## Definitions", 1)[1].split("\n## ", 1)[0]
+    expected = [f"- **{k}**: {v}" for k, v in definitions(variant).items()]
+    assert [x for x in section.splitlines() if x.startswith("- ")] == expected
+    page = _page(os.path.join(out, "report.html"))
+    dl = re.search(r"<section id='definitions'>.*?<dl>(.*?)</dl>", page, re.S).group(1)
+    pairs = [(html.unescape(k), html.unescape(v)) for k, v in re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", dl)]
+    assert pairs == list(definitions(variant).items())
+    assert FORGETTING_TEXT[variant] in md and FORGETTING_TEXT[other] not in md
+    assert f"- **forgetting**: {variant}" in md  # the run section names the variant too
+    # and the numbers follow the same variant
+    traj = ResultStore(out).read_parquet("trajectory.parquet").to_pandas()
+    f = traj[traj["metric"] == "forgetting"].set_index("stage")["value"]
+    assert f.to_dict() == pytest.approx({2: 0.2, 3: forgetting_at_3})
 
 
 def test_pareto_front():

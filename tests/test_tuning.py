@@ -128,7 +128,7 @@ def test_a_bad_search_space_fails_before_any_trial_or_ray(tmp_path, capsys):
 
 
 # --- the sweep machinery with a stand-in protocol (no Train run) ------------------------------------------------------
-def fake_protocol(cfg, out, suite, pools, group, fixed, name, callbacks):
+def fake_protocol(cfg, out, data, group, fixed, name, callbacks):
     """Commit every unit with accuracy 0.5 if l_u >= 1 else 0 (so 'acc / acc' is 1 or NaN), as the protocol would."""
     import pyarrow as pa
 

@@ -1,35 +1,19 @@
 """Long-horizon trajectory metrics from the accuracy matrix R[i, j] (accuracy on stage j's eval set after stage i).
 
 Symbols follow DESIGN.md (Metrics). Row 0 of R is the base model; stage t = 1..T. Every metric is reported per
-(selector, seed, stage t) and uses only rows 0..t, so "at T" is the last stage's value:
+(selector, seed, stage t) and uses only rows 0..t, so "at T" is the last stage's value. ``DEFINITIONS`` is the one
+table of what each metric means and which way is better: the report prints its text, the ranking reads its
+directions. Undefined values are omitted from the long table (no row), never stored as NaN or inf.
 
-- ``immediate``   R[t, t]
-- ``gain``        R[t, t] - R[t-1, t]: what stage t taught (read beside forgetting: a selector that learns nothing
-  also forgets nothing)
-- ``acc``         mean_{1<=j<=t} R[t, j]; at T this is ACC_T
-- ``forgetting``  F_t = mean_{1<=j<t} f_j^t, f_j^t = max_{1<=l<t} R[l, j] - R[t, j] (Chaudhry et al. 2018, as
-  DESIGN.md writes it): the best accuracy on stage j at any earlier stage, minus now. Rows l < j count too (what
-  stage j's skills had reached through transfer before it was trained); the base model (row 0) does not, since it
-  is not a stage of the trajectory. f can be negative when accuracy on an old stage has since risen. Undefined at
-  t = 1.
-- ``bwt``         mean_{1<=i<t} (R[t, i] - R[i, i]) (GEM, 2017). Undefined at t = 1.
-- ``fwt``         mean_{2<=i<=t} (R[i-1, i] - b_i), b_i = R[0, i] the base model (GEM, 2017). Undefined at t = 1.
-- ``lca``         mean probe accuracy at the logged probe steps 0..beta (Chaudhry et al. 2019, LCA_beta: the mean
-  of Z_b over b = 0..beta); beta = None uses every probe step. The probe from checkpoint t adapts to stage t+1, so
-  it is undefined at t = T.
-- ``steps_to_threshold``  the first logged probe step whose accuracy is >= threshold; +inf when the probe never
-  reaches it (the worst possible value, so a selector that never gets there ranks last); undefined at t = T.
-- ``imbalance_range`` / ``imbalance_cv``  max - min and coefficient of variation (population std / mean) of the
-  per-skill accuracy after stage t, where a skill's accuracy is the mean over the in-distribution eval sets of
-  stages 1..t that contain it. cv is undefined when the mean is 0.
-- ``ood_acc``     mean accuracy over the OOD sets after stage t; ``ood_gap`` = acc - ood_acc.
-
-Undefined values are omitted from the long table (no row), never stored as NaN; ``steps_to_threshold`` keeps +inf.
+Which rows of ``metrics`` feed what: in-distribution eval sets have ``eval_stage`` set (R); OOD sets are named
+``ood/stage<t>-<kind>`` and belong to stage t; the ``general`` set spans every skill of the suite, targeted or not.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -39,23 +23,73 @@ from lhas_ray.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
-# Every trajectory metric, in report order, and whether a higher value is better.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "immediate": True,
-    "gain": True,
-    "acc": True,
-    "forgetting": False,
-    "bwt": True,
-    "fwt": True,
-    "lca": True,
-    "steps_to_threshold": False,
-    "imbalance_range": False,
-    "imbalance_cv": False,
-    "ood_acc": True,
-    "ood_gap": False,
+
+@dataclass(frozen=True)
+class MetricDef:
+    """What a trajectory metric means (one sentence, shown in the report) and whether higher is better."""
+
+    higher_is_better: bool
+    text: str
+
+
+FORGETTING_TEXT = {
+    "since_trained": "mean over j < t of (max over j <= l < t of R[l,j]) - R[t,j]: the best accuracy on stage j since it "
+    "was trained, minus now (the usual continual-learning reading of Chaudhry et al. 2018).",
+    "any_earlier": "mean over j < t of (max over 1 <= l < t of R[l,j]) - R[t,j] (Chaudhry et al. 2018 as written: "
+    "accuracy reached through transfer before stage j was trained counts too).",
 }
-METRICS: tuple[str, ...] = tuple(HIGHER_IS_BETTER)
+
+# Every trajectory metric, in report order.
+DEFINITIONS: dict[str, MetricDef] = {
+    "immediate": MetricDef(True, "R[t,t]: accuracy on stage t's eval set right after training on stage t."),
+    "gain": MetricDef(True, "R[t,t] - R[t-1,t]: what stage t taught (a selector that learns nothing forgets nothing)."),
+    "acc": MetricDef(True, "mean over j <= t of R[t,j]: average accuracy on the stages seen so far (ACC_T at T)."),
+    "forgetting": MetricDef(False, FORGETTING_TEXT["since_trained"]),
+    "bwt": MetricDef(True, "mean over i < t of R[t,i] - R[i,i]: backward transfer (GEM, Lopez-Paz & Ranzato 2017)."),
+    "fwt": MetricDef(
+        True, "mean over 2 <= i <= t of R[i-1,i] - R[0,i]: forward transfer against the base model (GEM)."
+    ),
+    "lca": MetricDef(
+        True, "mean probe accuracy over probe steps 0..beta on stage t+1's eval set, from checkpoint t (LCA_beta)."
+    ),
+    "steps_to_threshold": MetricDef(
+        False,
+        "first probe step whose accuracy reaches the threshold; a seed that never reaches it is censored at probe "
+        "steps + 1 (read reached_threshold beside it).",
+    ),
+    "reached_threshold": MetricDef(
+        True, "1 if the probe reached the threshold, else 0; its mean is the share of seeds."
+    ),
+    "imbalance_range": MetricDef(
+        False, "max - min of per-skill accuracy over every skill of the general set (all skills, targeted or not)."
+    ),
+    "imbalance_cv": MetricDef(
+        False, "population std / mean of per-skill accuracy over every skill of the general set."
+    ),
+    "untrained_retention": MetricDef(
+        True,
+        "mean accuracy on the never-targeted skills of the general set after stage t, divided by the base model's "
+        "(1 = kept what the warm-up taught; below 1 = lost some).",
+    ),
+    "ood_acc": MetricDef(True, "mean accuracy over the OOD sets of stages 1..t (the stages trained so far)."),
+    "ood_gap": MetricDef(False, "acc - ood_acc: in-distribution minus out-of-distribution accuracy, stages 1..t."),
+}
+HIGHER_IS_BETTER: dict[str, bool] = {m: d.higher_is_better for m, d in DEFINITIONS.items()}
+METRICS: tuple[str, ...] = tuple(DEFINITIONS)
 MATRIX_METRICS: tuple[str, ...] = ("immediate", "gain", "acc", "forgetting", "bwt", "fwt")
+# metrics judged "later": everything but the immediate ones
+LONG_HORIZON: tuple[str, ...] = tuple(m for m in METRICS if m not in ("immediate", "gain"))
+# shown beside another metric, never tested on their own (reached_threshold explains steps_to_threshold's censoring)
+COMPANIONS: frozenset[str] = frozenset({"reached_threshold"})
+
+
+def definitions(forgetting: str = "since_trained") -> dict[str, str]:
+    """Each metric's definition text, as the code computes it for this forgetting variant."""
+    out = {m: d.text for m, d in DEFINITIONS.items()}
+    out["forgetting"] = FORGETTING_TEXT[forgetting]
+    return out
+
+
 TRAJECTORY_SCHEMA = pa.schema(
     [
         pa.field("selector", pa.string()),
@@ -66,20 +100,28 @@ TRAJECTORY_SCHEMA = pa.schema(
     ]
 )
 _KEYS = ["selector", "seed", "stage"]
+GENERAL_SET = "general"  # the eval set over every skill of the suite
 
 
 # --- the numpy core: accuracy matrices in, per-stage metrics out -------------------------------------------------
-def matrix_metrics(R: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-stage metrics of accuracy matrices R[..., i, j] (row 0 = base, column 0 unused); out[m][..., t] is stage t."""
+def matrix_metrics(R: np.ndarray, forgetting: str = "since_trained") -> dict[str, np.ndarray]:
+    """Per-stage metrics of accuracy matrices R[..., i, j] (row 0 = base, column 0 unused); out[m][..., t] is stage t.
+
+    ``forgetting``: 'since_trained' takes the best of R[l, j] over j <= l < t, 'any_earlier' over 1 <= l < t.
+    """
+    if forgetting not in FORGETTING_TEXT:
+        raise ValueError(f"forgetting must be one of {list(FORGETTING_TEXT)}, got {forgetting!r}")
     R = np.asarray(R, dtype=np.float64)
     T = R.shape[-2] - 1 if R.ndim >= 2 else 0
     if T < 1 or R.shape[-1] < T + 1:
         raise ValueError(f"R must have shape [..., T+1, >=T+1] with T >= 1 (row 0 = base model); got {R.shape}")
     lead = R.shape[:-2]
     out = {m: np.full(lead + (T + 1,), np.nan) for m in MATRIX_METRICS}
-    # best[..., l, j] = max_{1<=l'<=l} R[l', j]: the best accuracy on stage j at any stage so far (base row excluded).
-    rows = np.arange(T + 1)[:, None]
-    best = np.maximum.accumulate(np.where(rows >= 1, R[..., : T + 1, :], -np.inf), axis=-2)
+    # best[..., l, j] = max over the allowed l' <= l of R[l', j]: rows l' >= j (since stage j was trained), or every
+    # row l' >= 1 (the base row is not a stage of the trajectory); other rows are masked out.
+    rows, cols = np.arange(T + 1)[:, None], np.arange(R.shape[-1])[None, :]
+    allowed = (rows >= cols) if forgetting == "since_trained" else np.broadcast_to(rows >= 1, (T + 1, R.shape[-1]))
+    best = np.maximum.accumulate(np.where(allowed & (rows >= 1), R[..., : T + 1, :], -np.inf), axis=-2)
     diag = np.diagonal(R[..., : T + 1, : T + 1], axis1=-2, axis2=-1)  # R[i, i]
     fwt_terms = R[..., np.arange(1, T), np.arange(2, T + 1)] - R[..., 0, 2 : T + 1]  # R[i-1, i] - b_i, i = 2..T
     for t in range(1, T + 1):
@@ -93,14 +135,16 @@ def matrix_metrics(R: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def probe_metrics(steps: np.ndarray, accuracy: np.ndarray, *, lca_beta: int | None = None, threshold: float = 0.5):
-    """LCA_beta and steps-to-threshold of one probe learning curve; returns (lca, steps) with steps = inf if never."""
+def probe_metrics(
+    steps: np.ndarray, accuracy: np.ndarray, *, lca_beta: int | None = None, threshold: float = 0.5, censor_at=np.inf
+):
+    """LCA_beta and steps-to-threshold of one probe learning curve; steps = censor_at when it is never reached."""
     steps = np.asarray(steps, dtype=np.int64)
     accuracy = np.asarray(accuracy, dtype=np.float64)
     within = steps <= lca_beta if lca_beta is not None else np.ones_like(steps, dtype=bool)
     lca = float(accuracy[within].mean()) if within.any() else float("nan")
     reached = steps[accuracy >= threshold]
-    return lca, float(reached.min()) if reached.size else float("inf")
+    return lca, float(reached.min()) if reached.size else float(censor_at)
 
 
 def imbalance(per_skill_accuracy: np.ndarray) -> tuple[float, float]:
@@ -158,34 +202,52 @@ def _long(traj: pd.DataFrame, per_metric: dict[str, np.ndarray]) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
-def _probe_long(curves: pd.DataFrame | None, lca_beta: int | None, threshold: float) -> pd.DataFrame:
-    """lca and steps_to_threshold per (selector, seed, stage >= 1) from the probe learning curves."""
+def _probe_long(
+    curves: pd.DataFrame | None, lca_beta: int | None, threshold: float, censor_at: float | None
+) -> pd.DataFrame:
+    """lca, steps_to_threshold (censored) and reached_threshold per (selector, seed, stage >= 1) from probe curves."""
     if curves is None or curves.empty:
         return pd.DataFrame(columns=[*_KEYS, "metric", "value"])
     probe = curves[(curves["split"] == "probe") & (curves["metric"] == "accuracy") & (curves["stage"] >= 1)]
     if probe.empty:
         return pd.DataFrame(columns=[*_KEYS, "metric", "value"])
+    censor = float(probe["step"].max() + 1 if censor_at is None else censor_at)
     within = probe if lca_beta is None else probe[probe["step"] <= lca_beta]
     lca = within.groupby(_KEYS, as_index=False)["value"].mean().assign(metric="lca")
     keys = probe[_KEYS].drop_duplicates()
     first = probe[probe["value"] >= threshold].groupby(_KEYS, as_index=False)["step"].min()
     stt = keys.merge(first, on=_KEYS, how="left")
-    stt = stt.assign(metric="steps_to_threshold", value=stt["step"].astype(float).fillna(np.inf)).drop(columns="step")
-    return pd.concat([lca, stt], ignore_index=True)
+    reached = stt.assign(metric="reached_threshold", value=stt["step"].notna().astype(float)).drop(columns="step")
+    stt = stt.assign(metric="steps_to_threshold", value=stt["step"].astype(float).fillna(censor)).drop(columns="step")
+    return pd.concat([lca, stt, reached], ignore_index=True)
+
+
+def _general_skills(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per-skill accuracy on the general set (every skill of the suite), per (selector, seed, stage >= 0)."""
+    return metrics[
+        (metrics["eval_set"] == GENERAL_SET) & (metrics["metric"] == "accuracy") & (metrics["skill"] != "all")
+    ]
 
 
 def _imbalance_long(metrics: pd.DataFrame) -> pd.DataFrame:
-    """imbalance_range and imbalance_cv per (selector, seed, stage >= 1) over skills of the eval sets seen so far."""
-    rows = metrics[
-        (metrics["metric"] == "accuracy")
-        & (metrics["skill"] != "all")
-        & metrics["eval_stage"].notna()
-        & (metrics["stage"] >= 1)
-    ]
-    rows = rows[rows["eval_stage"] <= rows["stage"]]
-    if rows.empty:
+    """imbalance_range and imbalance_cv per (selector, seed, stage >= 1) over every skill of the general set.
+
+    A run without a general set (written before it existed, or ``general_size: 0``) falls back to the skills of
+    the in-distribution eval sets of stages 1..t.
+    """
+    per_skill = _general_skills(metrics)
+    per_skill = per_skill[per_skill["stage"] >= 1]
+    if per_skill.empty:
+        rows = metrics[
+            (metrics["metric"] == "accuracy")
+            & (metrics["skill"] != "all")
+            & metrics["eval_stage"].notna()
+            & (metrics["stage"] >= 1)
+        ]
+        per_skill = rows[rows["eval_stage"] <= rows["stage"]]
+    if per_skill.empty:
         return pd.DataFrame(columns=[*_KEYS, "metric", "value"])
-    per_skill = rows.groupby([*_KEYS, "skill"], as_index=False)["value"].mean()
+    per_skill = per_skill.groupby([*_KEYS, "skill"], as_index=False)["value"].mean()
     g = per_skill.groupby(_KEYS)["value"]
     stats = g.agg(["max", "min", "mean"]).join(g.std(ddof=0).rename("std")).reset_index()
     rng = stats.assign(metric="imbalance_range", value=stats["max"] - stats["min"])
@@ -194,14 +256,43 @@ def _imbalance_long(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rng[cols], cv[cols]], ignore_index=True)
 
 
+def untargeted_skills(metrics: pd.DataFrame) -> list[str]:
+    """Skills of the general set that no stage's eval set holds: the skills the run never targets."""
+    general = set(_general_skills(metrics)["skill"])
+    targeted = set(metrics[metrics["eval_stage"].notna() & (metrics["skill"] != "all")]["skill"])
+    return sorted(general - targeted)
+
+
+def _retention_long(metrics: pd.DataFrame) -> pd.DataFrame:
+    """untrained_retention per (selector, seed, stage >= 1): general accuracy on never-targeted skills / the base's."""
+    skills = untargeted_skills(metrics)
+    rows = _general_skills(metrics)
+    rows = rows[rows["skill"].isin(skills)]
+    if rows.empty:
+        return pd.DataFrame(columns=[*_KEYS, "metric", "value"])
+    mean = rows.groupby(_KEYS, as_index=False)["value"].mean()
+    base = mean[mean["stage"] == 0][["selector", "seed", "value"]].rename(columns={"value": "base"})
+    out = mean[mean["stage"] >= 1].merge(base, on=["selector", "seed"])
+    out = out.assign(metric="untrained_retention", value=(out["value"] / out["base"]).where(out["base"] > 0))
+    return out[[*_KEYS, "metric", "value"]]
+
+
+_OOD_NAME = re.compile(r"^ood/stage(\d+)-")
+
+
 def _ood_long(metrics: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
-    """ood_acc (mean over OOD sets) and ood_gap (acc - ood_acc) per (selector, seed, stage >= 1)."""
+    """ood_acc (mean over the OOD sets of stages <= t) and ood_gap (acc - ood_acc) per (selector, seed, stage >= 1)."""
     rows = metrics[
         (metrics["metric"] == "accuracy")
         & (metrics["skill"] == "all")
-        & metrics["eval_stage"].isna()
+        & metrics["eval_set"].str.startswith("ood/")
         & (metrics["stage"] >= 1)
     ]
+    own = pd.to_numeric(rows["eval_set"].str.extract(_OOD_NAME, expand=False), errors="coerce")
+    if own.isna().any():
+        bad = rows.loc[own.isna(), "eval_set"].iloc[0]
+        raise ValueError(f"OOD eval set {bad!r} does not name its stage (expected 'ood/stage<t>-<kind>')")
+    rows = rows[own <= rows["stage"]]
     if rows.empty:
         return pd.DataFrame(columns=[*_KEYS, "metric", "value"])
     ood = rows.groupby(_KEYS, as_index=False)["value"].mean().assign(metric="ood_acc")
@@ -211,15 +302,31 @@ def _ood_long(metrics: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
 
 
 def trajectory_metrics(
-    metrics: pd.DataFrame, curves: pd.DataFrame | None = None, *, lca_beta: int | None = None, threshold: float = 0.5
+    metrics: pd.DataFrame,
+    curves: pd.DataFrame | None = None,
+    *,
+    lca_beta: int | None = None,
+    threshold: float = 0.5,
+    censor_at: float | None = None,
+    forgetting: str = "since_trained",
 ) -> pd.DataFrame:
-    """Every trajectory metric per selector, seed and stage t >= 1, long format (selector, seed, stage, metric, value)."""
+    """Every trajectory metric per selector, seed and stage t >= 1, long format (selector, seed, stage, metric, value).
+
+    ``censor_at`` is the value of steps_to_threshold for a probe that never reaches the threshold (probe steps + 1;
+    None: the last logged probe step + 1).
+    """
     traj, R = accuracy_matrices(metrics)
-    core = _long(traj, matrix_metrics(R))
+    core = _long(traj, matrix_metrics(R, forgetting))
     acc = core[core["metric"] == "acc"].dropna(subset=["value"])
-    parts = [core, _probe_long(curves, lca_beta, threshold), _imbalance_long(metrics), _ood_long(metrics, acc)]
+    parts = [
+        core,
+        _probe_long(curves, lca_beta, threshold, censor_at),
+        _imbalance_long(metrics),
+        _retention_long(metrics),
+        _ood_long(metrics, acc),
+    ]
     out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    out = out[out["value"].notna()]
+    out = out[np.isfinite(out["value"].astype(float))]
     out = out.astype({"selector": str, "seed": np.int64, "stage": np.int64, "metric": str, "value": np.float64})
     order = out["metric"].map({m: i for i, m in enumerate(METRICS)})
     out = out.assign(_o=order).sort_values(["selector", "seed", "stage", "_o"], kind="stable").drop(columns="_o")
@@ -279,14 +386,3 @@ def read_long_tables(store: ResultStore) -> tuple[pd.DataFrame | None, pd.DataFr
     return tuple(
         t.to_pandas() if t is not None else None for t in map(store.read_table, ("metrics", "curves", "timings"))
     )
-
-
-def write_trajectory(store: ResultStore, *, lca_beta: int | None = None, threshold: float = 0.5) -> pd.DataFrame:
-    """Compute the trajectory metrics of a run and write them to OUT/trajectory.parquet; returns them."""
-    metrics, curves, _ = read_long_tables(store)
-    if metrics is None:
-        raise ValueError(f"{store.uri}: no committed metrics (metrics.parquet is missing or has no committed unit)")
-    trajectory = trajectory_metrics(metrics, curves, lca_beta=lca_beta, threshold=threshold)
-    store.write_parquet("trajectory.parquet", trajectory_table(trajectory))
-    logger.info("wrote %s (%d rows)", store.path("trajectory.parquet"), len(trajectory))
-    return trajectory

@@ -1,18 +1,23 @@
-"""Rank analysis: do the selectors that win now also win later?
+"""Rank analysis: do the selectors that win now also win later, and what do the seeds support?
 
-Selectors are ranked per metric and stage by their mean over seeds (rank 1 = best; the direction of each metric is
-``metrics.HIGHER_IS_BETTER``; ties share the average rank). The immediate ranking (``immediate`` at stage 1) is
-compared with each long-horizon ranking, taken at the metric's final stage (the last stage at which every selector
-has it: T for most metrics, T-1 for the probe metrics ``lca`` and ``steps_to_threshold``), by Kendall tau-b and the
-share of discordant pairs (pairs ordered one way now and the other way later, out of all n(n-1)/2 pairs; tied pairs
-are neither concordant nor discordant). Intervals come from a paired percentile bootstrap over seeds: seeds are
-resampled with replacement, the same resample for every selector (seed r gives every selector the same data).
+Three steps, each its own function, all from the trajectory table:
 
-Myopia of selector s against the ``random`` baseline, paired by seed: ``now_diff`` = mean(immediate_s -
-immediate_random) at stage 1 and ``later_diff`` = mean of the same difference of a long-horizon metric at its final
-stage, oriented so that positive means better than random. s is myopic when now_diff > 0 and later_diff < 0,
-confidently so when now's interval lies above 0 and later's below 0; ``p_myopic`` is the share of bootstrap
-resamples in which both hold.
+- ``rank_boards``: selectors ranked per metric and stage by their mean over seeds (rank 1 = best in the metric's
+  direction, ``metrics.HIGHER_IS_BETTER``; ties share the average rank), with the seeds' std and a Student-t
+  interval of the mean (two seeds or more).
+- ``rank_agreement``: the immediate ranking (``immediate`` at stage 1) against each long-horizon ranking at the
+  metric's final stage (the last stage every selector has it: T for most metrics, T-1 for the probe metrics) by
+  Kendall tau-b of the mean rankings and the share of discordant pairs (descriptive), and tau-b within each seed:
+  its mean, a t-interval (from ``MIN_SEEDS_TAU_INTERVAL`` seeds) and an exact sign-flip test of "mean per-seed
+  tau-b = 0", Holm-adjusted over the long-horizon metrics (the family ``reversal``).
+- ``baseline_tests``: every selector against each baseline (``random`` by default), paired by seed. Family
+  ``difference``: each metric at its final stage (and immediate at stage 1), two-sided exact sign-flip test with a
+  t-interval of the mean difference. Family ``myopia``: "better than the baseline now (immediate at stage 1) and
+  worse later (a long-horizon metric at its final stage)", an intersection-union test whose p-value is the larger
+  of the two one-sided sign-flip p-values; a selector is called myopic only where its Holm-adjusted p < alpha.
+
+One seed is descriptive: no interval, no p-value, no verdict. With n seeds the smallest exact p-value is 1/2^n, so a
+family of m claims can reach significance only when 1/2^n <= alpha / m (``Ranking.attainable``).
 """
 
 from __future__ import annotations
@@ -24,19 +29,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lhas_ray.evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from lhas_ray.evaluation.metrics import COMPANIONS, HIGHER_IS_BETTER, LONG_HORIZON, METRICS
+from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
 from lhas_ray.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
 NOW = ("immediate", 1)
 PRIMARY_LATER = "acc"
+MIN_SEEDS_TAU_INTERVAL = 5
+TEST_NAME = "exact paired sign-flip permutation test over seeds"
 RANKING_SCHEMA = pa.schema(
     [
-        pa.field("kind", pa.string()),  # rank | tau | myopia | note
+        pa.field("kind", pa.string()),  # rank | tau | difference | myopia | family | note
         pa.field("metric", pa.string()),
         pa.field("stage", pa.int64()),
         pa.field("selector", pa.string()),
+        pa.field("baseline", pa.string()),
         pa.field("statistic", pa.string()),
         pa.field("value", pa.float64()),
         pa.field("lo", pa.float64()),
@@ -79,37 +88,31 @@ def discordant_share(x: np.ndarray, y: np.ndarray) -> np.ndarray | float:
 # --- the analysis -------------------------------------------------------------------------------------------------
 @dataclass
 class Ranking:
-    """The rank analysis of one run: per-metric ranks, rank agreement now-vs-later, and per-selector myopia."""
+    """The rank analysis of one run: ranks per metric, rank agreement now-vs-later, and tests against baselines."""
 
-    ranks: pd.DataFrame  # metric, stage, selector, mean, lo, hi, std, n_seeds, rank, p_best
-    tau: pd.DataFrame  # metric, stage, n_selectors, tau_b, tau_lo, tau_hi, discordant, discordant_lo, discordant_hi
-    myopia: (
-        pd.DataFrame
-    )  # selector, metric, stage, now_diff/lo/hi, later_diff/lo/hi, p_myopic, myopic, confident, verdict
+    ranks: pd.DataFrame  # metric, stage, selector, mean, lo, hi, std, n_seeds, rank
+    tau: pd.DataFrame  # metric, stage, n_selectors, tau_b, discordant, seed_tau, seed_tau_lo/hi, n_seeds, p_raw, p_holm
+    differences: pd.DataFrame  # baseline, selector, metric, stage, diff, lo, hi, n_seeds, p_raw, p_holm
+    myopia: pd.DataFrame  # baseline, selector, metric, stage, now_*, later_*, p_now, p_later, p_raw, p_holm, ...
     final_stage: dict[str, int]  # metric -> the stage its long-horizon ranking is taken at
     selectors: list[str]
     seeds: list[int]
-    baseline: str
-    n_boot: int
-    ci: float
+    baselines: list[str]
+    alpha: float
+    level: float
+    families: dict[str, int] = field(default_factory=dict)  # family -> number of claims in it
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def descriptive(self) -> bool:
+        """One seed: numbers describe this run only; no interval, test or verdict."""
+        return len(self.seeds) < 2
 
-def _nanmean(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Mean over non-NaN entries (inf allowed); NaN where there are none, without warnings."""
-    ok = ~np.isnan(a)
-    n = ok.sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.where(ok, a, 0.0).sum(axis=axis) / np.maximum(n, 1), np.nan)
-
-
-def _interval(boot: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval over the last axis, ignoring NaN resamples."""
-    q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
-    allnan = np.isnan(boot).all(axis=-1)
-    with np.errstate(invalid="ignore"):
-        lo, hi = np.nanquantile(np.where(allnan[..., None], 0.0, boot), q, axis=-1)
-    return np.where(allnan, np.nan, lo), np.where(allnan, np.nan, hi)
+    def attainable(self, family: str, alternative: str = "greater") -> bool:
+        """Whether the family's first Holm step is reachable with this many seeds: m * (smallest p) < alpha, the
+        strict inequality of the decision rule (a claim is made where its Holm-adjusted p < alpha)."""
+        m = self.families.get(family, 0)
+        return m > 0 and m * min_attainable_p(len(self.seeds), alternative) < self.alpha
 
 
 def final_stages(trajectory: pd.DataFrame) -> dict[str, int]:
@@ -121,230 +124,355 @@ def final_stages(trajectory: pd.DataFrame) -> dict[str, int]:
     return {m: int(last[m]) for m in METRICS if m in last.index}
 
 
-def rank_analysis(
-    trajectory: pd.DataFrame, *, baseline: str = "random", n_boot: int = 1000, ci: float = 0.95, seed: int = 0
-) -> Ranking:
-    """Rank selectors per metric, compare the immediate ranking with each long-horizon one, and test for myopia."""
-    if trajectory.empty:
-        raise ValueError("the trajectory table is empty: nothing to rank")
-    if not 0 < ci < 1 or n_boot < 1:
-        raise ValueError(f"need 0 < ci < 1 and n_boot >= 1; got ci={ci}, n_boot={n_boot}")
+@dataclass
+class _Cube:
+    """V[metric, stage, selector, seed]: the trajectory oriented so that higher is better, NaN where absent."""
+
+    V: np.ndarray
+    metrics: list[str]
+    selectors: list[str]
+    seeds: list[int]
+    sign: np.ndarray  # [metric]: +1 higher is better, -1 lower is better
+
+    def at(self, metric: str, stage: int) -> np.ndarray:
+        return self.V[self.metrics.index(metric), stage]  # [selector, seed]
+
+
+def _cube(trajectory: pd.DataFrame) -> _Cube:
     selectors = sorted(trajectory["selector"].unique().tolist())
     seeds = sorted(int(s) for s in trajectory["seed"].unique())
     metrics = [m for m in METRICS if m in set(trajectory["metric"])]
     n_stage = int(trajectory["stage"].max()) + 1
-    notes: list[str] = []
-
-    # A[metric, stage, selector, seed], oriented so that higher is better; NaN where absent.
     A = np.full((len(metrics), n_stage, len(selectors), len(seeds)), np.nan)
     t = trajectory[trajectory["metric"].isin(metrics)]
     mi = t["metric"].map({m: i for i, m in enumerate(metrics)}).to_numpy()
     si = t["selector"].map({s: i for i, s in enumerate(selectors)}).to_numpy()
     ri = t["seed"].map({r: i for i, r in enumerate(seeds)}).to_numpy()
     A[mi, t["stage"].to_numpy(np.int64), si, ri] = t["value"].to_numpy(np.float64)
-    sign = np.array([1.0 if HIGHER_IS_BETTER[m] else -1.0 for m in metrics])[:, None, None, None]
-    V = A * sign
+    if np.isinf(A).any():
+        raise ValueError("the trajectory table holds inf values; censor them before ranking (metrics.py does)")
+    sign = np.array([1.0 if HIGHER_IS_BETTER[m] else -1.0 for m in metrics])
+    return _Cube(A * sign[:, None, None, None], metrics, selectors, seeds, sign)
 
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-    point = _nanmean(V)  # [M, S, sel]
-    boot = _nanmean(V[..., idx])  # [M, S, sel, boot]
-    if len(seeds) == 1:
-        notes.append("1 seed: bootstrap intervals over seeds are degenerate (no seed-to-seed spread was measured)")
 
-    # ranks and the chance of being best
-    best_boot = np.where(np.isnan(boot), -np.inf, boot)
-    is_best = best_boot == best_boot.max(axis=2, keepdims=True)
-    p_best = (is_best / is_best.sum(axis=2, keepdims=True)).mean(axis=-1)
-    lo, hi = _interval(boot, ci)
-    M, S, N = point.shape
-    ranks = pd.DataFrame(
+def rank_boards(cube: _Cube, level: float = 0.95) -> pd.DataFrame:
+    """Per metric and stage: each selector's mean over seeds, t-interval, std, seed count and rank (1 = best)."""
+    M, S, N, _ = cube.V.shape
+    mean, lo, hi = t_interval(cube.V, level)  # oriented
+    n = (~np.isnan(cube.V)).sum(axis=-1)
+    dev = np.where(np.isnan(cube.V), 0.0, cube.V - np.where(n > 0, mean, 0.0)[..., None])
+    std = np.where(n >= 2, np.sqrt((dev**2).sum(axis=-1) / np.maximum(n - 1, 1)), np.nan)
+    sign = np.repeat(cube.sign, S * N)
+    df = pd.DataFrame(
         {
-            "metric": np.repeat(metrics, S * N),
+            "metric": np.repeat(cube.metrics, S * N),
             "stage": np.tile(np.repeat(np.arange(S), N), M),
-            "selector": np.tile(selectors, M * S),
-            "oriented": point.reshape(-1),
-            "p_best": p_best.reshape(-1),
-            "sign": np.repeat(sign.reshape(-1), S * N),
-            "lo_o": lo.reshape(-1),
-            "hi_o": hi.reshape(-1),
+            "selector": np.tile(cube.selectors, M * S),
+            "oriented": mean.reshape(-1),
+            "mean": mean.reshape(-1) * sign,
+            "lo": np.where(sign > 0, lo.reshape(-1), -hi.reshape(-1)),
+            "hi": np.where(sign > 0, hi.reshape(-1), -lo.reshape(-1)),
+            "std": std.reshape(-1),
+            "n_seeds": n.reshape(-1),
         }
     )
-    ranks = ranks[ranks["oriented"].notna()].copy()
-    ranks["mean"] = ranks["oriented"] * ranks["sign"]
-    ranks["lo"] = np.where(ranks["sign"] > 0, ranks["lo_o"], -ranks["hi_o"])
-    ranks["hi"] = np.where(ranks["sign"] > 0, ranks["hi_o"], -ranks["lo_o"])
-    spread = t.groupby(["metric", "stage", "selector"])["value"].agg(std="std", n_seeds="count")
-    ranks = ranks.merge(spread.reset_index(), on=["metric", "stage", "selector"], how="left")
-    ranks["rank"] = ranks.groupby(["metric", "stage"])["oriented"].rank(ascending=False, method="average")
-    ranks = ranks[["metric", "stage", "selector", "mean", "lo", "hi", "std", "n_seeds", "rank", "p_best"]]
-    ranks = ranks.astype({"stage": np.int64, "n_seeds": np.int64}).reset_index(drop=True)
-
-    # immediate ranking at stage 1 versus each long-horizon ranking at its final stage
-    final = final_stages(trajectory)
-    now_m = metrics.index(NOW[0]) if NOW[0] in metrics else None
-    tau_rows = []
-    if now_m is None or NOW[1] >= n_stage:
-        notes.append("no immediate accuracy at stage 1: rank reversal not computed")
-    elif len(selectors) < 2:
-        notes.append("only one selector: nothing to rank")
-    else:
-        x, xb = point[now_m, NOW[1]], boot[now_m, NOW[1]]
-        for m, stage in final.items():
-            if (m, stage) == NOW:
-                continue
-            y, yb = point[metrics.index(m), stage], boot[metrics.index(m), stage]
-            keep = ~np.isnan(x) & ~np.isnan(y)
-            tb = kendall_tau_b(xb[keep].T, yb[keep].T)
-            db = discordant_share(xb[keep].T, yb[keep].T)
-            tlo, thi = _interval(np.asarray(tb), ci)
-            dlo, dhi = _interval(np.asarray(db), ci)
-            tau_rows.append(
-                {
-                    "metric": m,
-                    "stage": stage,
-                    "n_selectors": int(keep.sum()),
-                    "tau_b": kendall_tau_b(x[keep], y[keep]),
-                    "tau_lo": float(tlo),
-                    "tau_hi": float(thi),
-                    "discordant": discordant_share(x[keep], y[keep]),
-                    "discordant_lo": float(dlo),
-                    "discordant_hi": float(dhi),
-                }
-            )
-    tau = pd.DataFrame(
-        tau_rows,
-        columns=[
-            "metric",
-            "stage",
-            "n_selectors",
-            "tau_b",
-            "tau_lo",
-            "tau_hi",
-            "discordant",
-            "discordant_lo",
-            "discordant_hi",
-        ],
+    df = df[df["n_seeds"] > 0].copy()
+    # means equal up to floating-point noise (0.3 vs 0.30000000000000004) tie
+    df["rank"] = (
+        df.assign(o=df["oriented"].round(12)).groupby(["metric", "stage"])["o"].rank(ascending=False, method="average")
     )
+    df = df[["metric", "stage", "selector", "mean", "lo", "hi", "std", "n_seeds", "rank"]]
+    return df.astype({"stage": np.int64, "n_seeds": np.int64}).reset_index(drop=True)
 
-    # myopia against the baseline, paired by seed
-    myopia_rows = []
-    if baseline not in selectors:
-        notes.append(
-            f"no {baseline!r} selector in this run: the myopia test (better than {baseline} now, worse later) was not run"
+
+TAU_COLUMNS = [
+    "metric",
+    "stage",
+    "n_selectors",
+    "tau_b",
+    "discordant",
+    "seed_tau",
+    "seed_tau_lo",
+    "seed_tau_hi",
+    "n_seeds",
+    "p_raw",
+    "p_holm",
+]
+
+
+def rank_agreement(cube: _Cube, final: dict[str, int], level: float = 0.95) -> pd.DataFrame:
+    """Immediate ranking at stage 1 against each long-horizon ranking at its final stage (family ``reversal``)."""
+    if NOW[0] not in cube.metrics or NOW[1] >= cube.V.shape[1] or len(cube.selectors) < 2:
+        return pd.DataFrame(columns=TAU_COLUMNS)
+    now = cube.at(*NOW)  # [selector, seed]
+    rows = []
+    for m, stage in final.items():
+        if m not in LONG_HORIZON or m in COMPANIONS:
+            continue
+        later = cube.at(m, stage)
+        keep = ~np.isnan(np.nanmean(now, axis=1)) & ~np.isnan(np.nanmean(later, axis=1))
+        x, y = np.nanmean(now[keep], axis=1), np.nanmean(later[keep], axis=1)
+        per_seed = np.asarray(kendall_tau_b(now[keep].T, later[keep].T), dtype=np.float64).reshape(-1)  # [seed]
+        n = int((~np.isnan(per_seed)).sum())
+        mean, lo, hi = t_interval(per_seed, level)
+        interval = n >= MIN_SEEDS_TAU_INTERVAL
+        rows.append(
+            {
+                "metric": m,
+                "stage": stage,
+                "n_selectors": int(keep.sum()),
+                "tau_b": kendall_tau_b(x, y),
+                "discordant": discordant_share(x, y),
+                "seed_tau": float(mean),
+                "seed_tau_lo": max(float(lo), -1.0) if interval else np.nan,  # tau-b lives in [-1, 1]
+                "seed_tau_hi": min(float(hi), 1.0) if interval else np.nan,
+                "n_seeds": n,
+                "p_raw": sign_flip_pvalue(per_seed, "two-sided") if n >= 2 else np.nan,
+            }
         )
-    elif now_m is not None and NOW[1] < n_stage:
-        b = selectors.index(baseline)
-        d_now = V[now_m, NOW[1]] - V[now_m, NOW[1], b]  # [sel, seed]
-        now_pt, now_bt = _nanmean(d_now), _nanmean(d_now[:, idx])
-        now_lo, now_hi = _interval(now_bt, ci)
+    tau = pd.DataFrame(rows, columns=TAU_COLUMNS[:-1])
+    tau["p_holm"] = holm(tau["p_raw"].to_numpy(np.float64)) if len(tau) else []
+    return tau[TAU_COLUMNS]
+
+
+DIFF_COLUMNS = ["baseline", "selector", "metric", "stage", "diff", "lo", "hi", "n_seeds", "p_raw", "p_holm"]
+MYOPIA_COLUMNS = [
+    "baseline",
+    "selector",
+    "metric",
+    "stage",
+    "now_diff",
+    "now_lo",
+    "now_hi",
+    "later_diff",
+    "later_lo",
+    "later_hi",
+    "n_seeds",
+    "p_now",
+    "p_later",
+    "p_raw",
+    "p_holm",
+    "point_myopic",
+    "myopic",
+]
+
+
+def baseline_tests(
+    cube: _Cube,
+    final: dict[str, int],
+    baselines: list[str],
+    *,
+    alpha: float = 0.05,
+    level: float = 0.95,
+    myopia_metrics: list[str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired differences against each baseline (family ``difference``) and the myopia claims (family ``myopia``).
+
+    Differences are oriented (positive = better than the baseline, whatever the metric's direction) and tested only
+    with two seeds or more; both families are Holm-adjusted over all their members.
+    """
+    described = len(cube.seeds) >= 2
+    targets = [(m, s) for m, s in final.items() if m not in COMPANIONS]
+    if NOW[0] in cube.metrics and NOW[1] < cube.V.shape[1] and NOW not in targets:
+        targets.insert(0, NOW)
+    allowed = set(myopia_metrics) if myopia_metrics is not None else set(LONG_HORIZON)
+    diffs, claims = [], []
+    for base in baselines:
+        if base not in cube.selectors:
+            continue
+        b = cube.selectors.index(base)
+        others = [i for i in range(len(cube.selectors)) if i != b]
+        for m, stage in targets:
+            X = cube.at(m, stage)
+            d = X[others] - X[b]  # [other, seed], oriented
+            mean, lo, hi = t_interval(d, level)
+            p = sign_flip_pvalue(d, "two-sided") if described else np.full(len(others), np.nan)
+            for j, i in enumerate(others):
+                diffs.append(
+                    (base, cube.selectors[i], m, stage, mean[j], lo[j], hi[j], int((~np.isnan(d[j])).sum()), p[j])
+                )
+        if NOW[0] not in cube.metrics or NOW[1] >= cube.V.shape[1]:
+            continue
+        now = cube.at(*NOW)
+        d_now = now[others] - now[b]
+        now_mean, now_lo, now_hi = t_interval(d_now, level)
+        p_now = sign_flip_pvalue(d_now, "greater") if described else np.full(len(others), np.nan)
         for m, stage in final.items():
-            if (m, stage) == NOW:
+            if m not in allowed or m in COMPANIONS or m not in LONG_HORIZON:
                 continue
-            k = metrics.index(m)
-            with np.errstate(invalid="ignore"):
-                d_later = V[k, stage] - V[k, stage, b]
-            later_pt, later_bt = _nanmean(d_later), _nanmean(d_later[:, idx])
-            later_lo, later_hi = _interval(later_bt, ci)
-            p_myopic = ((now_bt > 0) & (later_bt < 0)).mean(axis=-1)
-            for s, name in enumerate(selectors):
-                if s == b:
-                    continue
-                myopic = bool(now_pt[s] > 0 and later_pt[s] < 0)
-                confident = bool(myopic and now_lo[s] > 0 and later_hi[s] < 0)
-                myopia_rows.append(
+            X = cube.at(m, stage)
+            d = X[others] - X[b]
+            mean, lo, hi = t_interval(d, level)
+            p_later = sign_flip_pvalue(d, "less") if described else np.full(len(others), np.nan)
+            for j, i in enumerate(others):
+                n = int((~np.isnan(d_now[j]) & ~np.isnan(d[j])).sum())
+                claims.append(
                     {
-                        "selector": name,
+                        "baseline": base,
+                        "selector": cube.selectors[i],
                         "metric": m,
                         "stage": stage,
-                        "now_diff": now_pt[s],
-                        "now_lo": now_lo[s],
-                        "now_hi": now_hi[s],
-                        "later_diff": later_pt[s],
-                        "later_lo": later_lo[s],
-                        "later_hi": later_hi[s],
-                        "p_myopic": p_myopic[s],
-                        "myopic": myopic,
-                        "confident": confident,
-                        "verdict": _verdict(now_pt[s], later_pt[s], myopic, confident, baseline),
+                        "now_diff": now_mean[j],
+                        "now_lo": now_lo[j],
+                        "now_hi": now_hi[j],
+                        "later_diff": mean[j],
+                        "later_lo": lo[j],
+                        "later_hi": hi[j],
+                        "n_seeds": n,
+                        "p_now": p_now[j],
+                        "p_later": p_later[j],
+                        # intersection-union: both one-sided claims must hold (NaN, untested, if either is NaN)
+                        "p_raw": float(np.maximum(p_now[j], p_later[j])),
+                        "point_myopic": bool(now_mean[j] > 0 and mean[j] < 0),
                     }
                 )
-    myopia = pd.DataFrame(
-        myopia_rows,
-        columns=[
-            "selector",
-            "metric",
-            "stage",
-            "now_diff",
-            "now_lo",
-            "now_hi",
-            "later_diff",
-            "later_lo",
-            "later_hi",
-            "p_myopic",
-            "myopic",
-            "confident",
-            "verdict",
-        ],
+    differences = pd.DataFrame(diffs, columns=DIFF_COLUMNS[:-1])
+    differences["p_holm"] = holm(differences["p_raw"].to_numpy(np.float64)) if len(differences) else []
+    myopia = pd.DataFrame(claims, columns=[c for c in MYOPIA_COLUMNS if c not in ("p_holm", "myopic")])
+    myopia["p_holm"] = holm(myopia["p_raw"].to_numpy(np.float64)) if len(myopia) else []
+    myopia["myopic"] = (myopia["p_holm"] < alpha) & myopia["point_myopic"] if len(myopia) else []
+    return differences[DIFF_COLUMNS], myopia.astype({"myopic": bool, "point_myopic": bool})[MYOPIA_COLUMNS]
+
+
+def rank_analysis(
+    trajectory: pd.DataFrame,
+    *,
+    baselines: list[str] | tuple[str, ...] = ("random",),
+    alpha: float = 0.05,
+    level: float = 0.95,
+    myopia_metrics: list[str] | None = None,
+) -> Ranking:
+    """Rank selectors per metric, compare the immediate ranking with each long-horizon one, test against baselines."""
+    if trajectory.empty:
+        raise ValueError("the trajectory table is empty: nothing to rank")
+    if not 0 < alpha < 1 or not 0 < level < 1:
+        raise ValueError(f"need 0 < alpha < 1 and 0 < level < 1; got alpha={alpha}, level={level}")
+    cube = _cube(trajectory)
+    final = final_stages(trajectory)
+    notes: list[str] = []
+    if len(cube.seeds) == 1:
+        notes.append("1 seed: every number is descriptive (no seed-to-seed spread was measured); no test was run")
+    if NOW[0] not in cube.metrics or NOW[1] >= cube.V.shape[1]:
+        notes.append("no immediate accuracy at stage 1: rank reversal and myopia not computed")
+    elif len(cube.selectors) < 2:
+        notes.append("only one selector: nothing to rank")
+    present = [b for b in baselines if b in cube.selectors]
+    for b in baselines:
+        if b not in cube.selectors:
+            notes.append(f"no {b!r} selector in this run: nothing was tested against it")
+    tau = rank_agreement(cube, final, level)
+    differences, myopia = baseline_tests(cube, final, present, alpha=alpha, level=level, myopia_metrics=myopia_metrics)
+    families = {}
+    if len(cube.seeds) >= 2:
+        families = {k: int(df["p_raw"].notna().sum()) for k, df in (("myopia", myopia), ("difference", differences))}
+        families["reversal"] = int(tau["p_raw"].notna().sum())  # Holm's m: the claims with a p-value
+    return Ranking(
+        rank_boards(cube, level),
+        tau,
+        differences,
+        myopia,
+        final,
+        cube.selectors,
+        cube.seeds,
+        present,
+        alpha,
+        level,
+        families,
+        notes,
     )
-    return Ranking(ranks, tau, myopia, final, selectors, seeds, baseline, n_boot, ci, notes)
 
 
-def _verdict(now: float, later: float, myopic: bool, confident: bool, baseline: str) -> str:
-    """One phrase for a selector against the baseline: myopic (sure or not), or how it compares now and later."""
-    if confident:
-        return f"myopic: better than {baseline} now, worse later (both intervals exclude 0)"
-    if myopic:
-        return f"possibly myopic: better than {baseline} now, worse later, but an interval includes 0"
-    if np.isnan(now) or np.isnan(later):
-        return "undefined (missing values)"
-    now_w = "better" if now > 0 else "not better"
-    later_w = "better" if later > 0 else "not better"
-    return f"not myopic: {now_w} than {baseline} now, {later_w} later"
+def myopia_verdict(row, alpha: float) -> str:
+    """One phrase for a myopia claim: significant after Holm, or what the point estimates say."""
+    if np.isnan(row.p_holm):
+        return "point estimates only (one seed: not tested)" if row.point_myopic else "not better now and worse later"
+    if row.myopic:
+        return f"myopic: better than {row.baseline} now, worse later (Holm-adjusted p = {row.p_holm:.3g} < {alpha:g})"
+    if row.point_myopic:
+        return f"better now and worse later by point estimate, not significant (Holm-adjusted p = {row.p_holm:.3g})"
+    return "not better now and worse later"
 
 
 def ranking_table(ranking: Ranking) -> pa.Table:
-    """The rank analysis as one long table (kind, metric, stage, selector, statistic, value, lo, hi, note)."""
+    """The rank analysis as one long table (kind, metric, stage, selector, baseline, statistic, value, lo, hi, note)."""
     rows: list[dict] = []
-    for r in ranking.ranks.itertuples(index=False):
-        base = {"kind": "rank", "metric": r.metric, "stage": r.stage, "selector": r.selector, "note": None}
-        rows.append({**base, "statistic": "mean", "value": r.mean, "lo": r.lo, "hi": r.hi})
-        for stat in ("std", "n_seeds", "rank", "p_best"):
-            rows.append({**base, "statistic": stat, "value": float(getattr(r, stat)), "lo": None, "hi": None})
-    for r in ranking.tau.itertuples(index=False):
-        base = {"kind": "tau", "metric": r.metric, "stage": r.stage, "selector": None, "note": None}
-        rows.append({**base, "statistic": "tau_b", "value": r.tau_b, "lo": r.tau_lo, "hi": r.tau_hi})
+
+    def add(
+        kind,
+        metric=None,
+        stage=None,
+        selector=None,
+        baseline=None,
+        statistic="",
+        value=None,
+        lo=None,
+        hi=None,
+        note=None,
+    ):
         rows.append(
             {
-                **base,
-                "statistic": "discordant_share",
-                "value": r.discordant,
-                "lo": r.discordant_lo,
-                "hi": r.discordant_hi,
-            }
-        )
-        rows.append({**base, "statistic": "n_selectors", "value": float(r.n_selectors), "lo": None, "hi": None})
-    for r in ranking.myopia.itertuples(index=False):
-        base = {"kind": "myopia", "metric": r.metric, "stage": r.stage, "selector": r.selector, "note": r.verdict}
-        rows.append({**base, "statistic": "now_diff", "value": r.now_diff, "lo": r.now_lo, "hi": r.now_hi})
-        rows.append({**base, "statistic": "later_diff", "value": r.later_diff, "lo": r.later_lo, "hi": r.later_hi})
-        rows.append({**base, "statistic": "p_myopic", "value": r.p_myopic, "lo": None, "hi": None})
-        rows.append({**base, "statistic": "myopic", "value": float(r.myopic), "lo": None, "hi": None})
-        rows.append({**base, "statistic": "confident", "value": float(r.confident), "lo": None, "hi": None})
-    for note in ranking.notes:
-        rows.append(
-            {
-                "kind": "note",
-                "metric": None,
-                "stage": None,
-                "selector": None,
-                "statistic": "note",
-                "value": None,
-                "lo": None,
-                "hi": None,
+                "kind": kind,
+                "metric": metric,
+                "stage": None if stage is None else int(stage),
+                "selector": selector,
+                "baseline": baseline,
+                "statistic": statistic,
+                "value": None if value is None else float(value),
+                "lo": None if lo is None or np.isnan(lo) else float(lo),
+                "hi": None if hi is None or np.isnan(hi) else float(hi),
                 "note": note,
             }
         )
+
+    for r in ranking.ranks.itertuples(index=False):
+        add("rank", r.metric, r.stage, r.selector, statistic="mean", value=r.mean, lo=r.lo, hi=r.hi, note="t-interval")
+        for stat in ("std", "n_seeds", "rank"):
+            add("rank", r.metric, r.stage, r.selector, statistic=stat, value=getattr(r, stat))
+    for r in ranking.tau.itertuples(index=False):
+        add("tau", r.metric, r.stage, statistic="tau_b_of_means", value=r.tau_b, note="descriptive")
+        add("tau", r.metric, r.stage, statistic="discordant_share", value=r.discordant, note="descriptive")
+        add("tau", r.metric, r.stage, statistic="n_selectors", value=r.n_selectors)
+        add("tau", r.metric, r.stage, statistic="mean_seed_tau_b", value=r.seed_tau, lo=r.seed_tau_lo, hi=r.seed_tau_hi)
+        add("tau", r.metric, r.stage, statistic="p_value_raw", value=r.p_raw, note=TEST_NAME + ", two-sided")
+        add("tau", r.metric, r.stage, statistic="p_value_holm", value=r.p_holm, note="family reversal")
+    for r in ranking.differences.itertuples(index=False):
+        key = dict(metric=r.metric, stage=r.stage, selector=r.selector, baseline=r.baseline)
+        add(
+            "difference",
+            **key,
+            statistic="mean_diff",
+            value=r.diff,
+            lo=r.lo,
+            hi=r.hi,
+            note="oriented: + = better; t-interval",
+        )
+        add("difference", **key, statistic="n_seeds", value=r.n_seeds)
+        add("difference", **key, statistic="p_value_raw", value=r.p_raw, note=TEST_NAME + ", two-sided")
+        add("difference", **key, statistic="p_value_holm", value=r.p_holm, note="family difference")
+    for r in ranking.myopia.itertuples(index=False):
+        key = dict(metric=r.metric, stage=r.stage, selector=r.selector, baseline=r.baseline)
+        verdict = myopia_verdict(r, ranking.alpha)
+        add(
+            "myopia",
+            **key,
+            statistic="now_diff",
+            value=r.now_diff,
+            lo=r.now_lo,
+            hi=r.now_hi,
+            note="immediate@1, t-interval",
+        )
+        add(
+            "myopia", **key, statistic="later_diff", value=r.later_diff, lo=r.later_lo, hi=r.later_hi, note="t-interval"
+        )
+        add("myopia", **key, statistic="p_value_now", value=r.p_now, note=TEST_NAME + ", one-sided (better now)")
+        add("myopia", **key, statistic="p_value_later", value=r.p_later, note=TEST_NAME + ", one-sided (worse later)")
+        add("myopia", **key, statistic="p_value_raw", value=r.p_raw, note="intersection-union: max of the two")
+        add("myopia", **key, statistic="p_value_holm", value=r.p_holm, note="family myopia")
+        add("myopia", **key, statistic="myopic", value=float(r.myopic), note=verdict)
+    for fam, m in ranking.families.items():
+        add("family", metric=fam, statistic="size", value=m, note=f"Holm-Bonferroni at alpha {ranking.alpha:g}")
+    for note in ranking.notes:
+        add("note", statistic="note", note=note)
     if not rows:
         return RANKING_SCHEMA.empty_table()
     return pa.Table.from_pylist(rows, schema=RANKING_SCHEMA)
