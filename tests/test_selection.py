@@ -182,15 +182,40 @@ def test_utility_diversity_skips_near_duplicates():
     assert sorted(full.tolist()) == list(range(40))
 
 
-def test_lhas_concentration_term_spreads_over_skills():
+def test_lhas_concentration_term_spreads_over_declared_skills():
     t = make_features(400, seed=4)
-    sel = get_selector("lhas", l_u=0.0, l_c=0.0, l_f=0.0, l_a=1.0)
+    sel = get_selector("lhas", l_u=0.0, l_c=0.0, l_f=0.0, l_a=1.0, clusters="skill")
     out = sel.select(t, 40)
     skill = dict(zip(t.column("example_id").to_pylist(), t.column("skill").to_pylist(), strict=True))
     counts = np.unique([skill[i] for i in out.tolist()], return_counts=True)[1]
     np.testing.assert_array_equal(counts, [10, 10, 10, 10])
-    kmeans_sel = get_selector("lhas", l_u=0.0, l_c=0.0, l_f=0.0, l_a=1.0, clusters="kmeans", n_clusters=5)
-    assert kmeans_sel.select(t, 40).size == 40
+
+
+def test_lhas_uses_kmeans_clusters_by_default_not_the_skill_labels():
+    """clusters 'auto' never reads the generating skill labels: the selection is the same with or without them."""
+    t = make_features(400, seed=4)
+    kw = dict(l_u=1.0, l_c=0.0, l_f=0.0, l_a=2.0, n_clusters=5)
+    auto = get_selector("lhas", **kw)
+    assert "skill" not in auto.requires and "skill" not in auto.optional
+    with_labels = auto.select(t, 40)
+    without = auto.select(t.drop_columns(["skill"]), 40)
+    np.testing.assert_array_equal(with_labels, without)
+    np.testing.assert_array_equal(with_labels, get_selector("lhas", clusters="kmeans", **kw).select(t, 40))
+    relabelled = t.set_column(t.schema.get_field_index("skill"), "skill", pa.array(["x"] * 200 + ["y"] * 200))
+    np.testing.assert_array_equal(auto.select(relabelled, 40), with_labels)
+
+
+@pytest.mark.parametrize("clusters", ["auto", "skill"])
+def test_lhas_concentration_acts_on_a_single_skill_pool(clusters, caplog):
+    """A pool with one skill value (an HF source without columns.skill): l_a > 0 still changes the selection, through
+    k-means clusters (with a warning where the config declared skill clusters)."""
+    t = make_features(400, seed=5)
+    t = t.set_column(t.schema.get_field_index("skill"), "skill", pa.array(["text"] * 400))
+    off = get_selector("lhas", l_u=1.0, l_c=0.0, l_f=0.0, l_a=0.0, clusters=clusters).select(t, 40)
+    with caplog.at_level("WARNING", logger="lhas_ray.selection.lhas"):
+        on = get_selector("lhas", l_u=1.0, l_c=0.0, l_f=0.0, l_a=5.0, clusters=clusters, n_clusters=8).select(t, 40)
+    assert set(on.tolist()) != set(off.tolist())
+    assert ("single value" in caplog.text) == (clusters == "skill")
 
 
 def test_requirements_follow_parameters():
@@ -198,7 +223,8 @@ def test_requirements_follow_parameters():
     assert get_selector("lhas").context_fields == {"proxy_grad"}
     only_u = get_selector("lhas", l_c=0, l_f=0, l_a=0, utility="neg_loss")
     assert only_u.requires == {"loss"} and only_u.context_fields == frozenset()
-    assert get_selector("lhas", l_u=0, l_c=0, l_f=0, clusters="skill").requires == {"skill"}
+    # declared skill clusters still need emb: a single-valued skill column falls back to k-means
+    assert get_selector("lhas", l_u=0, l_c=0, l_f=0, clusters="skill").requires == {"skill", "emb"}
     assert get_selector("fl_utility", utility="el2n").requires == {"el2n", "emb"}
     assert get_selector("less").context_fields == {"target_grads"}
     assert get_selector("rds").context_fields == {"target_embs"}
