@@ -150,11 +150,11 @@ class TrajectoryRunner:
     def _accuracy(self, model, tokenizer, eset: EvalSet) -> dict[str, float]:
         return {r["metric"]: r["value"] for r in self._evaluate(model, tokenizer, [eset]) if r["skill"] == "all"}
 
-    def _commit(self, unit: Unit, metrics=None, curves=None, timings=None, extra=None) -> None:
+    def _commit(self, unit: Unit, metrics=None, curves=None, timings=None, extra=None, terms=None) -> None:
         """Write the unit's parts, then its commit marker (rank 0); all ranks wait for it."""
         if rank() == 0:
             keys = {"selector": unit.selector, "seed": unit.seed, "stage": unit.stage}
-            for name, rows in (("metrics", metrics), ("curves", curves), ("timings", timings)):
+            for name, rows in (("metrics", metrics), ("curves", curves), ("timings", timings), ("terms", terms)):
                 if rows:
                     self.store.write_part(name, unit, _rows_table(rows, **keys))
             for relpath, table in (extra or {}).items():
@@ -249,6 +249,8 @@ class TrajectoryRunner:
         with timer("selection"):
             ids = selector.select(features, stage.budget, context) if rank() == 0 else None
             ids = np.asarray(broadcast_object(ids), dtype=np.int64)
+            # each objective term's contribution to J of the selection (LHAS), written beside the selection
+            terms = [{"term": k, **v} for k, v in getattr(selector, "terms_", {}).items()] if rank() == 0 else None
             position = np.searchsorted(rows.column("example_id").to_numpy(), ids)
             selected = rows.take(pa.array(position))
 
@@ -288,7 +290,7 @@ class TrajectoryRunner:
             f"features/{selector_key}/s{seed}/stage{t}.parquet": features,
         }
         timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
-        self._commit(Unit(selector_key, seed, t), metrics, curve, timings, extra)
+        self._commit(Unit(selector_key, seed, t), metrics, curve, timings, extra, terms)
 
     def _context(self, selector, scorer: Scorer, stage, seed: int) -> SelectionContext:
         """Target and future-proxy gradients/embeddings, computed only when the selector asks for them."""
@@ -317,7 +319,8 @@ class TrajectoryRunner:
             ctx.target_grads = np.stack([grads[skills == s].mean(0) for s in sorted(set(skills))])
             ctx.target_embs = _matrix(target, "emb")
         if "proxy_grad" in need:
-            ctx.proxy_grad = _matrix(scored(self.suites[seed].proxy, {"grad"}), "grad").mean(0)
+            proxy = self.suites[seed].future_proxy(selector.p.get("proxy", "broad"), stage.index)
+            ctx.proxy_grad = _matrix(scored(proxy, {"grad"}), "grad").mean(0)
         return ctx
 
     def probe(self, selector_key: str, seed: int, t: int) -> list[dict]:

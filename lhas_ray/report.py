@@ -48,7 +48,8 @@ from lhas_ray.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
-# Section ids of report.html, in page order; "tuning" appears only when OUT/trials.parquet exists.
+# Section ids of report.html, in page order; "tuning" appears only when OUT/trials.parquet exists, "objective-terms"
+# only when a selector recorded its objective's terms (lhas).
 SECTIONS = (
     "run",
     "verdict",
@@ -59,6 +60,7 @@ SECTIONS = (
     "rank-reversal",
     "myopia",
     "final-metrics",
+    "objective-terms",
     "timings",
     "tuning",
     "definitions",
@@ -102,6 +104,7 @@ class _Run:
     threshold: float
     settings: _Settings
     pool_leaks: pd.DataFrame | None = None
+    terms: pd.DataFrame | None = None
 
 
 # --- loading and validation --------------------------------------------------------------------------------------
@@ -152,7 +155,19 @@ def _load(store: ResultStore) -> _Run:
     leaks = None
     if store.exists("pool_leaks.parquet"):
         leaks = pq.read_table(store.path("pool_leaks.parquet"), filesystem=store.fs).to_pandas()
-    return _Run(store.uri, metrics, curves, timings, trials, lca_beta, float(threshold), _settings(cfg), leaks)
+    terms = store.read_table("terms")
+    return _Run(
+        store.uri,
+        metrics,
+        curves,
+        timings,
+        trials,
+        lca_beta,
+        float(threshold),
+        _settings(cfg),
+        leaks,
+        None if terms is None else terms.to_pandas(),
+    )
 
 
 def _settings(cfg: dict) -> _Settings:
@@ -723,6 +738,22 @@ def _differences_table(ranking: Ranking) -> pd.DataFrame:
     )
 
 
+def _terms_table(terms: pd.DataFrame) -> pd.DataFrame:
+    """Each objective term's contribution to J of the selection, per selector and stage: mean over seeds (weight, unit)."""
+    g = terms.groupby(["selector", "stage", "term"], sort=True)
+    t = g.agg(
+        contribution=("contribution", "mean"), weight=("weight", "first"), unit=("unit", "mean"), n=("seed", "nunique")
+    )
+    t = t.reset_index()
+    t["cell"] = [
+        f"{c:+.2f} (w {w:g}, unit {u:.3g})" for c, w, u in zip(t["contribution"], t["weight"], t["unit"], strict=True)
+    ]
+    out = t.pivot(index=["selector", "stage"], columns="term", values="cell").rename_axis(columns=None).reset_index()
+    total = terms.groupby(["selector", "stage", "seed"])["contribution"].sum().groupby(["selector", "stage"]).mean()
+    out["J (sum)"] = [f"{total.loc[(s, st)]:+.2f}" for s, st in zip(out["selector"], out["stage"], strict=True)]
+    return out
+
+
 def _mean_std_rank(row: pd.Series) -> str:
     """'mean ± std (#rank)'; an undefined std (one seed) is left out."""
     spread = f" ± {row['std']:.3f}" if np.isfinite(row["std"]) else ""
@@ -821,6 +852,9 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
         "rank-reversal": [("Immediate ranking versus each long-horizon ranking", _tau_table(ranking))],
         "myopia": [],
         "final-metrics": [("Each metric at its final stage: mean ± std over seeds (#rank)", _final_table(ranking))],
+        "objective-terms": []
+        if run.terms is None or run.terms.empty
+        else [("Contribution of each term to J of the selected set, mean over seeds", _terms_table(run.terms))],
     }
     if ranking.baselines:
         tables["myopia"] = [
@@ -864,6 +898,9 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
         ),
         "timings": "" if run.timings is not None else "No timings were recorded.",
         "tuning": "",
+        "objective-terms": "Each term is in its own unit, the spread of its marginal gains over the pool at the start "
+        "of greedy, times its weight; concentration counts negative. The four sum to J, the objective the greedy "
+        "maximised.",
     }
     titles = {
         "run": "Run",
@@ -877,11 +914,15 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
         "final-metrics": "Final metrics",
         "timings": "Timings",
         "tuning": "Tuning",
+        "objective-terms": "Objective terms",
         "definitions": "Definitions",
     }
     if run.trials is not None and not by_section.get("tuning"):
         texts["tuning"] = f"trials.parquet has no objective column I recognise (columns: {list(run.trials.columns)})."
-    sections = [s for s in SECTIONS if s != "tuning" or run.trials is not None]
+    has_terms = run.terms is not None and not run.terms.empty
+    sections = [
+        s for s in SECTIONS if (s != "tuning" or run.trials is not None) and (s != "objective-terms" or has_terms)
+    ]
 
     h = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lhas_ray report: {html.escape(run.out)}</title>"

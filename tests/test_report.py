@@ -62,8 +62,8 @@ def test_every_image_is_an_embedded_png(run_dir):
 def test_every_section_is_present(run_dir):
     page = _page(run_dir[1])
     for section in SECTIONS:
-        if section == "tuning":
-            assert "id='tuning'" not in page  # no trials.parquet in this run
+        if section in ("tuning", "objective-terms"):
+            assert f"id='{section}'" not in page  # no trials.parquet, no recorded objective terms in this run
         else:
             assert f"<section id='{section}'>" in page
     assert "random, loss, rds" not in page  # selectors are listed sorted
@@ -417,3 +417,33 @@ def test_read_tables_once_more_unchanged(run_dir):
     metrics = store.read_table("metrics").to_pandas()
     assert len(metrics.drop_duplicates()) == len(metrics)
     assert isinstance(metrics, pd.DataFrame)
+
+
+def test_objective_terms_section_shows_the_mean_contributions(tmp_path):
+    """Terms recorded with a selection (lhas) appear as their mean over seeds, with J their sum per seed."""
+    import pyarrow as pa
+
+    from lhas_ray.store import Unit
+
+    out = str(tmp_path / "terms")
+    store = build_synthetic_run(out, selectors=("random", "lhas"), seeds=(0, 1), n_stages=2)
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        for stage in (1, 2):
+            part = pa.table(
+                {
+                    "selector": ["lhas"] * 2,
+                    "seed": [seed] * 2,
+                    "stage": [stage] * 2,
+                    "term": ["utility", "concentration"],
+                    "weight": [1.0, 2.0],
+                    "unit": [0.25, 0.05],
+                    "contribution": [10.0 * scale, -2.0 * scale],
+                }
+            )
+            store.write_part("terms", Unit("lhas", seed, stage), part)
+    md = open(write_report(out, tensorboard=False).replace(".html", ".md")).read()
+    section = md[md.index("## Objective terms") :]
+    section = section[: section.index("\n## ", 5)]
+    row = next(line for line in section.splitlines() if line.startswith("| lhas | 1 |"))
+    # utility: mean of 10 and 30 = +20.00; concentration: mean of -2 and -6 = -4.00; J: mean of 8 and 24 = +16.00
+    assert "+20.00 (w 1, unit 0.25)" in row and "-4.00 (w 2, unit 0.05)" in row and row.rstrip(" |").endswith("+16.00")

@@ -35,6 +35,8 @@ def _greedy_part(
         knn=opts["knn"],
         exact_limit=opts["exact_limit"],
         seed=opts["seed"],
+        fl_unit=opts["fl_unit"],
+        conc_unit=opts["conc_unit"],
     )
     picked = maximize(obj, opts["k"], opts["method"], epsilon=opts["epsilon"], seed=opts["seed"])
     return picked, (coverage_weights(obj, emb) if obj.graph is not None else None)
@@ -58,9 +60,14 @@ def greedi(
     method: str = "lazy",
     epsilon: float = 0.01,
     seed: int = 0,
+    fl_unit: float | None = None,
+    conc_unit: float | None = None,
 ) -> np.ndarray:
-    """Select k of n positions with GreeDi over ``partitions`` Ray tasks; same objective as ``build_objective``."""
+    """Select k of n positions with GreeDi over ``partitions`` Ray tasks; same objective as ``build_objective``.
+
+    Without ``fl_unit`` each partition scales FL by its own size (N_part / k) and the merge by N / k."""
     opts = dict(k=k, l_c=l_c, l_a=l_a, knn=knn, exact_limit=exact_limit, method=method, epsilon=epsilon, seed=seed)
+    opts.update(fl_unit=fl_unit, conc_unit=conc_unit)
     perm = np.random.default_rng(seed).permutation(n)
     parts = [np.sort(p) for p in np.array_split(perm, partitions) if p.size]
 
@@ -86,6 +93,8 @@ def greedi(
         exact_limit=exact_limit,
         demand_weights=weights,
         seed=seed,
+        fl_unit=fl_unit,
+        conc_unit=conc_unit,
     )
     merged = maximize(merged_obj, k, method, epsilon=epsilon, seed=seed)
     best, best_value = union[merged], merged_obj.value()
@@ -112,9 +121,16 @@ def run_greedy(
     clusters: np.ndarray | None = None,
     l_c: float = 0.0,
     l_a: float = 0.0,
+    fl_unit: float | None = None,
+    conc_unit: float | None = None,
+    graph=None,
 ) -> np.ndarray:
-    """Maximise the shared objective with the optimiser parameters in p: one machine, or GreeDi when partitions > 1."""
+    """Maximise the shared objective with the optimiser parameters in p: one machine, or GreeDi when partitions > 1.
+
+    ``fl_unit``/``conc_unit`` replace the default term units (``build_objective``); ``graph`` reuses a similarity
+    graph already built on emb (one machine only)."""
     common = dict(emb=emb, modular=modular, clusters=clusters, l_c=l_c, l_a=l_a, knn=p["knn"], seed=seed)
+    common.update(fl_unit=fl_unit, conc_unit=conc_unit)
     if p["partitions"] > 1:
         return greedi(
             k,
@@ -125,5 +141,5 @@ def run_greedy(
             epsilon=p["epsilon"],
             **common,
         )
-    obj = build_objective(k, n, exact_limit=p["knn_exact_limit"], **common)
+    obj = build_objective(k, n, exact_limit=p["knn_exact_limit"], graph=graph, **common)
     return maximize(obj, k, p["greedy"], epsilon=p["epsilon"], seed=seed)

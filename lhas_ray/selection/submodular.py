@@ -295,14 +295,17 @@ def build_objective(
     exact_limit: int = 50_000,
     demand_weights: np.ndarray | None = None,
     seed: int = 0,
+    fl_unit: float | None = None,
+    conc_unit: float | None = None,
+    graph: SimilarityGraph | None = None,
 ) -> Objective:
-    """J with DESIGN.md's scaling: l_c * (k / N) * FL(S) and l_a * Conc(S), Conc(S) = k sum_c p_c^2 = sum_c n_c^2 / k.
+    """J = modular + l_c * FL(S) / fl_unit - l_a * conc_unit * sum_c n_c(S)^2.
 
-    Dividing FL (a sum over the N demand points, each at most 1) by N/k puts it on the same [0, k] scale as a sum of
-    k utilities in [0, 1] and as Conc, which lies in [k / C, k]; so the four LHAS weights are comparable.
+    Default units: fl_unit = N / k (FL, a sum over N demand points each at most 1, on the [0, k] scale of k utilities
+    in [0, 1]) and conc_unit = 1 / k (Conc(S) = sum_c n_c^2 / k = k sum_c p_c^2). LHAS passes units measured on the
+    pool instead (``lhas.term_units``). ``graph``: a similarity graph already built on emb.
     """
-    graph = None
-    if l_c > 0:
+    if l_c > 0 and graph is None:
         if emb is None:
             raise ValueError("a facility-location term needs embeddings")
         graph = similarity_graph(emb, knn, exact_limit=exact_limit, seed=seed)
@@ -310,12 +313,17 @@ def build_objective(
     return Objective(
         n,
         modular=modular,
-        graph=graph,
-        fl_coef=l_c * k / total / QUANT,
+        graph=graph if l_c > 0 else None,
+        fl_coef=l_c / (fl_unit if fl_unit else total / k) / QUANT,
         demand_weights=demand_weights,
         clusters=clusters,
-        conc_coef=l_a / k,
+        conc_coef=l_a * (conc_unit if conc_unit else 1.0 / k),
     )
+
+
+def first_fl_gains(graph: SimilarityGraph) -> np.ndarray:
+    """FL({i}) for every facility i of the graph, in cosine units: its coverage gain as greedy's first pick."""
+    return np.add.reduceat(graph.q, graph.indptr[:-1]).astype(np.float64) / QUANT
 
 
 def coverage_weights(obj: Objective, emb: np.ndarray) -> np.ndarray:

@@ -35,6 +35,9 @@ class StageSets:
     probe: pa.Table | None = None
 
 
+PROXIES = ("replay", "broad")
+
+
 @dataclass
 class Suite:
     """A run's data: the warm-up mixture (base checkpoint), the future-proxy set, and each stage's sets.
@@ -60,6 +63,28 @@ class Suite:
             general=self.general,
             removed_from_pools=dict(self.removed_from_pools),
         )
+
+    def future_proxy(self, kind: str, t: int) -> pa.Table:
+        """LHAS's future-proxy set when selecting for stage t; it never holds stage t's or a later stage's data.
+
+        'replay' (what the model should not lose): a sample of the warm-up mixture plus, from stage 2 on, an equal
+        share of half the set from the probe samples of the stages already trained (1..t-1; labelled, outside every
+        pool and eval set; each at most its size), the warm-up filling the rest. 'broad': the fixed ``proxy`` set: built-in, a mixture of every skill of the suite (so it knows
+        the skill inventory, later targets included); real data, a sample of the first pool (a present-stage proxy).
+        """
+        if kind == "broad":
+            return self.proxy
+        if kind != "replay":
+            raise ValueError(f"unknown future proxy {kind!r}; allowed: {list(PROXIES)}")
+        n = self.proxy.num_rows
+        past = [s.probe for s in self.stages if s.index < t and s.probe is not None and s.probe.num_rows]
+        shares = np.diff(np.linspace(0, n // 2, len(past) + 1).astype(int)) if past else []
+        parts = [
+            _sample(p, min(int(k), p.num_rows), t, 3 + i) for i, (p, k) in enumerate(zip(past, shares, strict=True))
+        ]
+        taken = sum(p.num_rows for p in parts)
+        parts.insert(0, _sample(self.warmup, min(n - taken, self.warmup.num_rows), t, 2))  # the warm-up fills the rest
+        return pa.concat_tables(parts)
 
     def heldout_tables(self) -> list[pa.Table]:
         """Every held-out set: each stage's eval, probe and OOD sets, and the general set."""
