@@ -393,6 +393,12 @@ class ExperimentConfig(_Strict):
                     raise ValueError(
                         f"stages.{i}: unknown text domain(s) {unknown}; domains: {sorted(DOMAINS)} (or fortunes/<category>)"
                     )
+        for i, sel in enumerate(self.selectors):
+            if sel.name == "less" and sel.params.get("precondition") == "adam" and self.training.warmup.steps == 0:
+                raise ValueError(
+                    f"selectors.{i}.params.precondition: 'adam' preconditions stage 1's gradients with the warm-up's "
+                    "optimizer state; set training.warmup.steps > 0 (or precondition: none)"
+                )
         if leaks := ood_leaks(self.stages):
             raise ValueError("\n    ".join(leaks))
         from lhas_ray.tasks.builtin import capacity_problems

@@ -29,6 +29,7 @@ from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dum
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
 from lhas_ray.local_ray import start_local_ray
 from lhas_ray.model import build_model, with_adapters
+from lhas_ray.scoring.features import select_grad_params
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard, score_spread
 from lhas_ray.selection import SelectionContext, get_selector
@@ -37,6 +38,7 @@ from lhas_ray.tasks import Suite, build_suite
 from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from lhas_ray.training.dist import broadcast_object, rank
 from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
+from lhas_ray.training.moments import gather_moments, load_moments, save_moments
 from lhas_ray.training.stage import train_steps
 from lhas_ray.training.tensorboard import log_curves
 
@@ -100,6 +102,11 @@ def eval_sets(suite: Suite) -> list[EvalSet]:
     if suite.general is not None and suite.general.num_rows:
         sets.append(EvalSet("general", suite.general, None))
     return sets
+
+
+def adam_selectors(cfg: ExperimentConfig) -> set[str]:
+    """Keys of the selectors that score with Adam-preconditioned gradients (less, precondition: adam)."""
+    return {s.key for s in cfg.selectors if s.name == "less" and s.params.get("precondition") == "adam"}
 
 
 def pool_key(cfg: ExperimentConfig, seed: int, t: int) -> str:
@@ -197,9 +204,17 @@ class TrajectoryRunner:
                     eval_every=warm.steps,
                 )
                 model = engine.module
+                moments = self._moments(engine) if adam_selectors(self.cfg) else None
         with timer("checkpoint"):
             save_checkpoint(model, tokenizer, self.store, relpath, keep_existing=True)
+            if warm.steps and moments is not None and rank() == 0:
+                save_moments(self.store, relpath, moments)
         return curve, timer.seconds
+
+    def _moments(self, engine):
+        """Adam's moments of the parameters whose gradients are projected (all ranks: ZeRO gathers them)."""
+        names = list(select_grad_params(engine.module, self.cfg.scoring.grad_params))
+        return gather_moments(engine, names)
 
     def base_unit(self, selector: str, seed: int, fixed_costs: dict[str, float]) -> None:
         """Stage 0 of a trajectory: the base model on every eval set (computed once per seed and worker)."""
@@ -237,6 +252,10 @@ class TrajectoryRunner:
                 grad_params=cfg.scoring.grad_params,
                 projection_seed=seed,
                 reference=reference,
+                # LESS as its authors define it: pool gradients preconditioned by the previous training's Adam state
+                precondition=load_moments(self.store, checkpoint_path(selector_key, seed, t - 1))
+                if selector_key in adam_selectors(cfg)
+                else None,
             )
             features, rows = score_shard(
                 scorer, ray.train.get_dataset_shard(pool_key(cfg, seed, t)), cfg.scoring.batch_size
@@ -269,8 +288,13 @@ class TrajectoryRunner:
                 eval_every=cfg.training.eval_every,
                 evaluate=lambda: self._accuracy(engine.module, tokenizer, own),
             )
+            # LESS's Adam features at stage t+1 need this training's optimizer state
+            keep = selector_key in adam_selectors(cfg) and t < len(self.suites[seed].stages)
+            moments = self._moments(engine) if keep else None
         with timer("checkpoint"):
             save_checkpoint(engine.module, tokenizer, self.store, checkpoint_path(selector_key, seed, t))
+            if moments is not None and rank() == 0:
+                save_moments(self.store, checkpoint_path(selector_key, seed, t), moments)
 
         # 4. evaluate checkpoint t on every stage's eval set and every OOD set: row t of R
         with timer("evaluation"):

@@ -119,3 +119,11 @@ def test_a_text_ood_domain_that_a_stage_evaluates_on_is_refused():
     raw["stages"][2]["text"]["ood_domains"] = ["code"]  # stage 1's eval domain
     with pytest.raises(ConfigError, match=r"stages.2.text.ood_domains: 'code' is the eval domain of stages.0"):
         config_from_dict(raw)
+
+
+def test_adam_preconditioning_without_a_warm_up_is_refused():
+    """less precondition: adam at stage 1 needs the warm-up's optimizer state: no warm-up steps, no state."""
+    ok = load_config("demo", ["selectors.5.params={precondition: adam}"])
+    assert ok.selectors[5].name == "less"
+    with pytest.raises(ConfigError, match=r"selectors.5.params.precondition: 'adam' .* training.warmup.steps > 0"):
+        load_config("demo", ["selectors.5.params={precondition: adam}", "training.warmup.steps=0"])

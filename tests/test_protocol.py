@@ -265,7 +265,8 @@ def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session
     raw["stages"] = raw["stages"][:1]
     raw["data"] = {**raw["data"], "resample": "per_seed"}
     raw["seeds"] = [0, 1]
-    raw["selectors"] = [{"name": "random"}, {"name": "loss_low"}]
+    # less with Adam preconditioning: stage 1 scores its pool with the warm-up's optimizer state (saved with the base)
+    raw["selectors"] = [{"name": "random"}, {"name": "less", "label": "less_adam", "params": {"precondition": "adam"}}]
     raw["evaluation"] = {"general_size": 8}
     cfg = config_from_dict(raw)
     suites = build_suites(cfg)
@@ -274,7 +275,7 @@ def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session
     out = str(tmp_path / "per_seed")
     run_experiment(cfg, out)
     for seed in cfg.seeds:
-        for sel in ("random", "loss_low"):
+        for sel in ("random", "less_adam"):
             picked = pq.read_table(os.path.join(out, f"selections/{sel}/s{seed}/stage1.parquet")).to_pandas()
             expect = pools[seed].loc[picked.example_id]
             assert list(picked.skill) == list(expect.skill), (sel, seed)
@@ -286,5 +287,11 @@ def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session
     for (_, _, _), g in general.groupby(["selector", "seed", "stage"]):
         assert set(g.skill) == set(SKILLS)
     assert set(general.stage) == {0, 1}
+    from lhas_ray.training.moments import load_moments
+
+    for seed in cfg.seeds:  # the warm-up's Adam state of the projected parameters, saved beside each seed's base
+        moments = load_moments(ResultStore(out), f"checkpoints/_base/s{seed}")
+        assert moments.exp_avg and all(v.abs().sum() > 0 for v in moments.exp_avg_sq.values())
+    assert not os.path.exists(os.path.join(out, "checkpoints/less_adam/s0/stage1/adam_moments.safetensors"))  # last
     leaks = pq.read_table(os.path.join(out, "pool_leaks.parquet")).to_pandas()
     assert set(zip(leaks.seed, leaks.stage, strict=True)) == {(0, 1), (1, 1)} and (leaks.rows_removed == 0).all()

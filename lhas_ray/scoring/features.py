@@ -7,6 +7,7 @@ gradients come from ``torch.func.vmap(grad(...))``, never from a Python loop ove
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -135,6 +136,35 @@ class _LookupThenForward(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(inputs_embeds=self.model.get_input_embeddings()(input_ids)).logits
+
+
+@dataclass(frozen=True)
+class AdamMoments:
+    """Adam's first and second moments of some parameters at the end of a stage, and its betas and eps."""
+
+    exp_avg: dict[str, torch.Tensor]
+    exp_avg_sq: dict[str, torch.Tensor]
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+def adam_precondition(grads: dict[str, torch.Tensor], moments: AdamMoments) -> dict[str, torch.Tensor]:
+    """LESS's Adam gradient feature of each example (Xia et al. 2024): the update Adam would take for it alone,
+
+        Gamma = m' / (sqrt(v') + eps),   m' = b1 m + (1 - b1) g,   v' = b2 v + (1 - b2) g^2,
+
+    with g the example's gradient ([B, *shape] per parameter) and m, v the saved moments of that parameter.
+    """
+    missing = sorted(set(grads) - set(moments.exp_avg))
+    if missing:
+        raise KeyError(f"no saved Adam moments for parameter(s) {missing}")
+    b1, b2 = moments.betas
+    out = {}
+    for name, g in grads.items():
+        m = moments.exp_avg[name].to(g.device, g.dtype)
+        v = moments.exp_avg_sq[name].to(g.device, g.dtype)
+        out[name] = (b1 * m + (1 - b1) * g) / (torch.sqrt(b2 * v + (1 - b2) * g * g) + moments.eps)
+    return out
 
 
 def per_example_grads(

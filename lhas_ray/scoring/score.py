@@ -9,14 +9,24 @@ import pyarrow as pa
 import torch
 
 from lhas_ray.model import encode
-from lhas_ray.scoring.features import GradientProjector, forward_stats, per_example_grads, select_grad_params
+from lhas_ray.scoring.features import (
+    AdamMoments,
+    GradientProjector,
+    adam_precondition,
+    forward_stats,
+    per_example_grads,
+    select_grad_params,
+)
 
 # feature columns a scorer can produce; "quality" comes from the reference (base) model, the rest from the current one
 SCORABLE = frozenset({"loss", "el2n", "emb", "grad", "grad_norm", "quality"})
 
 
 class Scorer:
-    """Holds a model (and optionally a reference model) and turns example batches into feature columns."""
+    """Holds a model (and optionally a reference model) and turns example batches into feature columns.
+
+    ``precondition``: saved Adam moments; per-example gradients then become LESS's Adam features before projection.
+    """
 
     def __init__(
         self,
@@ -29,6 +39,7 @@ class Scorer:
         grad_params: list[str] | None = None,
         projection_seed: int = 0,
         reference: torch.nn.Module | None = None,
+        precondition: AdamMoments | None = None,
     ):
         unknown = set(want) - SCORABLE
         if unknown:
@@ -36,7 +47,7 @@ class Scorer:
         if "quality" in want and reference is None:
             raise ValueError("feature 'quality' needs a reference model (the base checkpoint)")
         self.model, self.tokenizer, self.want, self.max_length = model, tokenizer, frozenset(want), max_length
-        self.reference = reference
+        self.reference, self.precondition = reference, precondition
         self.params = self.projector = None
         if self.want & {"grad", "grad_norm"}:
             self.params = select_grad_params(model, grad_params or ["last_block", "lm_head"])
@@ -54,6 +65,8 @@ class Scorer:
             out.update({k: stats[k] for k in ("loss", "el2n", "emb") if k in self.want})
         if self.params is not None:
             grads = per_example_grads(self.model, self.params, enc)
+            if self.precondition is not None:  # LESS's Adam features: the update Adam would take for each example
+                grads = adam_precondition(grads, self.precondition)
             out["grad"], out["grad_norm"] = self.projector(grads)
             out = {k: v for k, v in out.items() if k in self.want or k == "example_id"}
         if "quality" in self.want:  # higher is better: minus the answer loss under the reference model

@@ -3,15 +3,19 @@
 - ``grand``: GraNd, the per-example gradient norm (Paul et al. 2021, "Deep Learning on a Data Diet"). O(N + k log k).
 - ``el2n``: EL2N, the L2 norm of the error vector softmax(p) - onehot(y) (same paper). O(N + k log k).
 - ``less``: LESS (Xia et al. 2024): cosine of each example's projected gradient to the mean projected gradient of
-  each target skill's examples, max over target skills, top k. O(N * T * d + k log k) for T target skills. LESS uses
-  Adam-preconditioned LoRA gradients; here the gradients are whatever the scorer projected (plain SGD gradients).
+  each target skill's examples, max over target skills, top k. O(N * T * d + k log k) for T target skills.
+  ``precondition: adam`` is LESS as its authors define it: pool examples are scored by their Adam update
+  Gamma = m' / (sqrt(v') + eps) from the optimizer state saved at the end of the previous stage's training (the
+  warm-up's before stage 1), targets by plain gradients; ``none`` (the default) projects plain SGD gradients for
+  both (LESS-style). The scorer applies it (``scoring.features.adam_precondition``); with LoRA the moments are
+  those of the previous stage's adapters, taken by parameter name.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from lhas_ray.selection.base import Selector, register, top_k
+from lhas_ray.selection.base import Selector, choice_param, register, top_k
 from lhas_ray.selection.knn import max_similarity, normalize_rows
 from lhas_ray.selection.validation import Pool
 
@@ -53,6 +57,7 @@ class LESS(Selector):
     """The k examples whose projected gradient is most aligned with a target skill's mean gradient."""
 
     name = "less"
+    params = {"precondition": choice_param("none", ("none", "adam"))}
 
     def _requires(self) -> set[str]:
         return {"grad"}
