@@ -88,14 +88,14 @@ def test_moments_round_trip_through_the_store(tmp_path):
 
 def _train_and_gather(rank: int, zero: int, init_file: str, out: str) -> None:
     """One gloo process: 3 DeepSpeed steps at ZeRO ``zero``, then the gathered moments and torch's own view."""
+    import os
+
     import deepspeed
     import torch.distributed as dist
 
     from lhas_ray.config import TrainingConfig
     from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
     from lhas_ray.training.moments import gather_moments
-
-    import os
 
     os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"})  # what a launcher would set
     torch.set_num_threads(1)
