@@ -46,6 +46,7 @@ def micro_config(model_name: str = "tiny-gpt2", **training) -> dict:
         },
         "probe": {"steps": 6, "eval_every": 3},
         "scoring": {"batch_size": 64},
+        "evaluation": {"general_size": 8},  # 8 of each of the 8 skills: every capability measured, kept cheap
     }
 
 
@@ -267,7 +268,6 @@ def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session
     raw["seeds"] = [0, 1]
     # less with Adam preconditioning: stage 1 scores its pool with the warm-up's optimizer state (saved with the base)
     raw["selectors"] = [{"name": "random"}, {"name": "less", "label": "less_adam", "params": {"precondition": "adam"}}]
-    raw["evaluation"] = {"general_size": 8}
     cfg = config_from_dict(raw)
     suites = build_suites(cfg)
     pools = {seed: suites[seed].stages[0].pool.to_pandas().set_index("example_id") for seed in cfg.seeds}

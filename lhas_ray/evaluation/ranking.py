@@ -269,69 +269,87 @@ def baseline_tests(
     """Paired differences against each baseline (family ``difference``) and the myopia claims (family ``myopia``).
 
     Differences are oriented (positive = better than the baseline, whatever the metric's direction) and tested only
-    with two seeds or more; both families are Holm-adjusted over all their members.
+    with two seeds or more; both families are Holm-adjusted over all their members. Vectorised over metrics and
+    selectors: one batched test per baseline and family.
     """
-    described = len(cube.seeds) >= 2
+    tested = len(cube.seeds) >= 2
     targets = [(m, s) for m, s in final.items() if m not in COMPANIONS]
-    if NOW[0] in cube.metrics and NOW[1] < cube.V.shape[1] and NOW not in targets:
+    has_now = NOW[0] in cube.metrics and NOW[1] < cube.V.shape[1]
+    if has_now and NOW not in targets:
         targets.insert(0, NOW)
     allowed = set(myopia_metrics) if myopia_metrics is not None else set(LONG_HORIZON)
+    later = [(m, s) for m, s in final.items() if m in allowed and m not in COMPANIONS and m in LONG_HORIZON]
     diffs, claims = [], []
     for base in baselines:
         if base not in cube.selectors:
             continue
         b = cube.selectors.index(base)
-        others = [i for i in range(len(cube.selectors)) if i != b]
-        for m, stage in targets:
-            X = cube.at(m, stage)
-            d = X[others] - X[b]  # [other, seed], oriented
+        others = np.array([i for i in range(len(cube.selectors)) if i != b], dtype=np.int64)
+        names = np.array(cube.selectors, dtype=object)[others]
+
+        def paired(pairs: list[tuple[str, int]], b: int = b, others: np.ndarray = others) -> np.ndarray:
+            X = np.stack([cube.at(m, s) for m, s in pairs])  # [pair, selector, seed]
+            return X[:, others] - X[:, b : b + 1]  # oriented differences [pair, other, seed]
+
+        def long(pairs, values: dict, base: str = base, names: np.ndarray = names) -> pd.DataFrame:
+            """One row per (pair, other selector), pair-major, from arrays shaped [pair, other] (or flat)."""
+            return pd.DataFrame(
+                {
+                    "baseline": base,
+                    "selector": np.tile(names, len(pairs)),
+                    "metric": np.repeat([m for m, _ in pairs], len(names)),
+                    "stage": np.repeat([s for _, s in pairs], len(names)).astype(np.int64),
+                    **{k: np.asarray(v).reshape(-1) for k, v in values.items()},
+                }
+            )
+
+        if targets:
+            d = paired(targets)
             mean, lo, hi = t_interval(d, level)
-            p = sign_flip_pvalue(d, "two-sided") if described else np.full(len(others), np.nan)
-            for j, i in enumerate(others):
-                diffs.append(
-                    (base, cube.selectors[i], m, stage, mean[j], lo[j], hi[j], int((~np.isnan(d[j])).sum()), p[j])
-                )
-        if NOW[0] not in cube.metrics or NOW[1] >= cube.V.shape[1]:
+            p = sign_flip_pvalue(d, "two-sided") if tested else np.full(mean.shape, np.nan)
+            n = (~np.isnan(d)).sum(axis=-1)
+            diffs.append(long(targets, {"diff": mean, "lo": lo, "hi": hi, "n_seeds": n, "p_raw": p}))
+        if not has_now or not later:
             continue
-        now = cube.at(*NOW)
-        d_now = now[others] - now[b]
+        d_now = paired([NOW])[0]  # [other, seed]
         now_mean, now_lo, now_hi = t_interval(d_now, level)
-        p_now = sign_flip_pvalue(d_now, "greater") if described else np.full(len(others), np.nan)
-        for m, stage in final.items():
-            if m not in allowed or m in COMPANIONS or m not in LONG_HORIZON:
-                continue
-            X = cube.at(m, stage)
-            d = X[others] - X[b]
-            mean, lo, hi = t_interval(d, level)
-            p_later = sign_flip_pvalue(d, "less") if described else np.full(len(others), np.nan)
-            for j, i in enumerate(others):
-                n = int((~np.isnan(d_now[j]) & ~np.isnan(d[j])).sum())
-                claims.append(
-                    {
-                        "baseline": base,
-                        "selector": cube.selectors[i],
-                        "metric": m,
-                        "stage": stage,
-                        "now_diff": now_mean[j],
-                        "now_lo": now_lo[j],
-                        "now_hi": now_hi[j],
-                        "later_diff": mean[j],
-                        "later_lo": lo[j],
-                        "later_hi": hi[j],
-                        "n_seeds": n,
-                        "p_now": p_now[j],
-                        "p_later": p_later[j],
-                        # intersection-union: both one-sided claims must hold (NaN, untested, if either is NaN)
-                        "p_raw": float(np.maximum(p_now[j], p_later[j])),
-                        "point_myopic": bool(now_mean[j] > 0 and mean[j] < 0),
-                    }
-                )
-    differences = pd.DataFrame(diffs, columns=DIFF_COLUMNS[:-1])
+        p_now = sign_flip_pvalue(d_now, "greater") if tested else np.full(now_mean.shape, np.nan)
+        d = paired(later)
+        mean, lo, hi = t_interval(d, level)
+        p_later = sign_flip_pvalue(d, "less") if tested else np.full(mean.shape, np.nan)
+        k = len(later)
+        claims.append(
+            long(
+                later,
+                {
+                    "now_diff": np.tile(now_mean, k),
+                    "now_lo": np.tile(now_lo, k),
+                    "now_hi": np.tile(now_hi, k),
+                    "later_diff": mean,
+                    "later_lo": lo,
+                    "later_hi": hi,
+                    "n_seeds": (~np.isnan(d_now)[None] & ~np.isnan(d)).sum(axis=-1),
+                    "p_now": np.tile(p_now, k),
+                    "p_later": p_later,
+                    # intersection-union: both one-sided claims must hold (NaN where either is untested)
+                    "p_raw": np.maximum(np.tile(p_now, k), p_later.reshape(-1)),
+                    "point_myopic": (np.tile(now_mean, k) > 0) & (mean.reshape(-1) < 0),
+                },
+            )
+        )
+    differences = pd.concat(diffs, ignore_index=True) if diffs else pd.DataFrame(columns=DIFF_COLUMNS[:-1])
     differences["p_holm"] = holm(differences["p_raw"].to_numpy(np.float64)) if len(differences) else []
-    myopia = pd.DataFrame(claims, columns=[c for c in MYOPIA_COLUMNS if c not in ("p_holm", "myopic")])
+    base_cols = [c for c in MYOPIA_COLUMNS if c not in ("p_holm", "myopic")]
+    myopia = pd.concat(claims, ignore_index=True) if claims else pd.DataFrame(columns=base_cols)
     myopia["p_holm"] = holm(myopia["p_raw"].to_numpy(np.float64)) if len(myopia) else []
-    myopia["myopic"] = (myopia["p_holm"] < alpha) & myopia["point_myopic"] if len(myopia) else []
-    return differences[DIFF_COLUMNS], myopia.astype({"myopic": bool, "point_myopic": bool})[MYOPIA_COLUMNS]
+    myopia["myopic"] = (
+        (myopia["p_holm"].to_numpy() < alpha) & myopia["point_myopic"].to_numpy(bool) if len(myopia) else []
+    )
+    if differences.empty:  # built from arrays, non-empty tables already have these dtypes
+        differences = differences.astype({"stage": np.int64, "n_seeds": np.int64})
+    if myopia.empty:
+        myopia = myopia.astype({"stage": np.int64, "n_seeds": np.int64, "myopic": bool, "point_myopic": bool})
+    return differences[DIFF_COLUMNS], myopia[MYOPIA_COLUMNS]
 
 
 def rank_analysis(
