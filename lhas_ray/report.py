@@ -89,6 +89,7 @@ class _Settings:
     resample: str
     data_seed: int | None
     alpha: float = 0.05
+    myopia_metrics: list[str] | None = None
 
 
 @dataclass
@@ -180,12 +181,20 @@ def _settings(cfg: dict) -> _Settings:
     if forgetting not in ("since_trained", "any_earlier"):
         raise ValueError(f"config.yaml: evaluation.forgetting must be since_trained or any_earlier; got {forgetting!r}")
     steps = probe.get("steps")
+    myopia_metrics = ev.get("myopia_metrics")
+    if myopia_metrics is not None and not (
+        isinstance(myopia_metrics, list) and all(isinstance(m, str) for m in myopia_metrics)
+    ):
+        raise ValueError(
+            f"config.yaml: evaluation.myopia_metrics must be a list of metric names; got {myopia_metrics!r}"
+        )
     return _Settings(
         baselines=baselines,
         forgetting=forgetting,
         censor_at=float(steps) + 1 if isinstance(steps, int) else None,
         resample=data.get("resample", "fixed"),
         data_seed=data.get("seed", 0),
+        myopia_metrics=myopia_metrics,
     )
 
 
@@ -985,7 +994,7 @@ def write_report(out: str, *, tensorboard: bool = True) -> str:
         censor_at=st.censor_at,
         forgetting=st.forgetting,
     )
-    ranking = rank_analysis(trajectory, baselines=st.baselines, alpha=st.alpha)
+    ranking = rank_analysis(trajectory, baselines=st.baselines, alpha=st.alpha, myopia_metrics=st.myopia_metrics)
     T = int(run.metrics["stage"].max())
     colors = _colors(ranking.selectors)
     figures = [

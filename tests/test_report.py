@@ -447,3 +447,19 @@ def test_objective_terms_section_shows_the_mean_contributions(tmp_path):
     row = next(line for line in section.splitlines() if line.startswith("| lhas | 1 |"))
     # utility: mean of 10 and 30 = +20.00; concentration: mean of -2 and -6 = -4.00; J: mean of 8 and 24 = +16.00
     assert "+20.00 (w 1, unit 0.25)" in row and "-4.00 (w 2, unit 0.05)" in row and row.rstrip(" |").endswith("+16.00")
+
+
+def test_a_declared_myopia_family_is_the_one_tested(tmp_path):
+    """evaluation.myopia_metrics: [acc] makes the myopia family one claim per non-baseline selector, as the report
+    then says (with 10 seeds and 2 claims, 1/2^10 * 2 < 0.05: reachable, so no 'cannot reach' sentence)."""
+    cfg = default_config(selectors=("random", "loss", "rds"), seeds=tuple(range(10)))
+    cfg["evaluation"]["myopia_metrics"] = ["acc"]
+    out = str(tmp_path / "declared")
+    build_synthetic_run(out, selectors=("random", "loss", "rds"), seeds=tuple(range(10)), config=cfg)
+    md = open(write_report(out, tensorboard=False).replace(".html", ".md")).read()
+    assert "myopia (2 claims)" in md and "no myopia claim can reach significance" not in md
+    import pandas as pd
+
+    ranking = pd.read_parquet(os.path.join(out, "ranking.parquet"))
+    myopia = ranking[(ranking.kind == "myopia") & (ranking.statistic == "p_value_holm")]
+    assert set(myopia.metric) == {"acc"} and len(myopia) == 2
