@@ -107,17 +107,18 @@ class LHAS(Selector):
 
     def _select(self, pool: Pool, k: int) -> np.ndarray:
         p, seed = self.p, pool.context.seed
-        raw = {"utility": None, "alignment": None, "coverage": None, "concentration": None}
+        emb = pool["emb"] if p["l_c"] > 0 else None  # coverage's embeddings (clusters read emb themselves)
+        raw = {"utility": None, "alignment": None}  # the modular terms' first-step gains
         if p["l_u"] > 0:
             raw["utility"] = normalise01(utility_values(pool, p["utility"]))
         if p["l_f"] > 0:
             raw["alignment"] = proxy_alignment(pool["grad"], pool.context.proxy_grad)
         graph = clusters = None
         if p["l_c"] > 0 and p["partitions"] == 1:
-            graph = similarity_graph(pool["emb"], p["knn"], exact_limit=p["knn_exact_limit"], seed=seed)
+            graph = similarity_graph(emb, p["knn"], exact_limit=p["knn_exact_limit"], seed=seed)
         if p["l_a"] > 0:
             clusters = self._clusters(pool, seed)
-        units = term_units(raw, k, graph=graph, emb=pool["emb"] if p["l_c"] > 0 else None, clusters=clusters, p=p)
+        units = term_units(raw, k, graph=graph, emb=emb, clusters=clusters, p=p)
         modular = None
         for term, weight in (("utility", p["l_u"]), ("alignment", p["l_f"])):
             if raw[term] is not None:
@@ -128,7 +129,7 @@ class LHAS(Selector):
             k,
             pool.n,
             seed=seed,
-            emb=pool["emb"] if p["l_c"] > 0 else None,
+            emb=emb,
             modular=modular,
             clusters=clusters,
             l_c=p["l_c"],
@@ -137,7 +138,6 @@ class LHAS(Selector):
             conc_unit=units.get("concentration"),
             graph=graph,
         )
-        emb = pool["emb"] if p["l_c"] > 0 else None
         self.terms_ = term_contributions(p, raw, units, picks, graph=graph, emb=emb, clusters=clusters)
         return picks
 
@@ -171,7 +171,7 @@ def term_units(raw: dict, k: int, *, graph, emb, clusters, p: dict) -> dict[str,
         if graph is None:
             rows = emb
             if len(emb) > _FL_SAMPLE:
-                rows = emb[np.sort(np.random.default_rng(p.get("seed", 0)).choice(len(emb), _FL_SAMPLE, replace=False))]
+                rows = emb[np.sort(np.random.default_rng(0).choice(len(emb), _FL_SAMPLE, replace=False))]
             graph = similarity_graph(rows, p["knn"], exact_limit=p["knn_exact_limit"])
         units["coverage"] = _spread(first_fl_gains(graph))
     if clusters is not None:

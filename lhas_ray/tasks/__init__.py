@@ -86,11 +86,6 @@ class Suite:
         parts.insert(0, _sample(self.warmup, min(n - taken, self.warmup.num_rows), t, 2))  # the warm-up fills the rest
         return pa.concat_tables(parts)
 
-    def heldout_tables(self) -> list[pa.Table]:
-        """Every held-out set: each stage's eval, probe and OOD sets, and the general set."""
-        out = [t for s in self.stages for t in (s.eval, s.probe, *s.ood.values()) if t is not None]
-        return [*out, self.general]
-
 
 def build_suite(cfg: ExperimentConfig, seed: int | None = None) -> Suite:
     """Build every set of the experiment for trajectory ``seed`` (None: ``data.seed``), drawn with
