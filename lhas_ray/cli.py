@@ -1,4 +1,4 @@
-"""``lhas-ray``: run | demo | validate | report | tune. The only entry point, also inside ``ray job submit``."""
+"""``lhas-ray``: run | demo | validate | report | tune | confirm. The only entry point, also inside ``ray job submit``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--ray-address", help="'auto' inside `ray job submit`; default: start a local Ray")
     tune.add_argument("--no-report", action="store_true", help="skip writing the sweep's report at the end")
+    tune.add_argument(
+        "--no-confirm", action="store_true", help="skip the held-out confirmation (tune.heldout_seeds) at the end"
+    )
+
+    conf = sub.add_parser(
+        "confirm", help="rerun a sweep's best weights beside the baselines on held-out seeds (or resume that)"
+    )
+    conf.add_argument("output", help="the sweep's folder or URI")
+    conf.add_argument("--seeds", type=int, nargs="+", help="held-out seeds (default: the sweep's tune.heldout_seeds)")
+    conf.add_argument("--ray-address", help="'auto' inside `ray job submit`; default: start a local Ray")
+    conf.add_argument("--no-report", action="store_true", help="skip writing the reports at the end")
     return p
 
 
@@ -143,10 +154,30 @@ def _tune(args: argparse.Namespace) -> int:
     print(sweep_summary(result, cfg))
     if result.best is None:
         return 1
+    if cfg.tune.heldout_seeds and not args.no_confirm:
+        return _confirm(out, None, args.ray_address, report=not args.no_report)
     if not args.no_report:
         from lhas_ray.report import write_report
 
         print(f"\nreport: {write_report(out)}")
+    return 0
+
+
+def _confirm(out: str, seeds: list[int] | None, address: str | None, report: bool) -> int:
+    """``lhas-ray confirm``: baselines on the development seeds, then the tuned weights on the held-out ones."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from lhas_ray.confirmation import CONFIRM_DIR, confirm, confirmation_summary
+    from lhas_ray.tuning import child_uri
+
+    start = time.perf_counter()
+    result = confirm(out, address=address, seeds=seeds)
+    print(f"\nconfirmation finished in {time.perf_counter() - start:.0f}s; results in {child_uri(out, CONFIRM_DIR)}")
+    print(confirmation_summary(result))
+    if report:
+        from lhas_ray.report import write_report
+
+        print(f"\nreport of the held-out run: {write_report(child_uri(out, CONFIRM_DIR))}")
+        print(f"report of the sweep: {write_report(out)}")
     return 0
 
 
@@ -162,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "tune":
             return _tune(args)
+        if args.command == "confirm":
+            return _confirm(args.output, args.seeds, args.ray_address, report=not args.no_report)
         cfg = load_config("demo" if args.command == "demo" else args.config, args.overrides)
         if args.command == "validate":
             print(

@@ -329,6 +329,21 @@ class TuningConfig(_Strict):
         1, ge=0, description="Retries of a failed trial (a Train worker died...); it resumes from its last stage."
     )
     report_top: int = Field(8, ge=1, description="The sweep's report compares the best N completed trials.")
+    heldout_seeds: list[int] = Field(
+        default_factory=list,
+        description="Seeds the sweep never sees: after it, `lhas-ray confirm` reruns the best weights beside the "
+        "baselines on them, each seed with a fresh data draw (empty: no confirmation).",
+    )
+    development_seeds: list[int] = Field(
+        default_factory=list,
+        description="Set by `lhas-ray confirm` in confirm_config.yaml: the seeds the weights were tuned on, none of "
+        "which this run may use (its report then calls its numbers held-out).",
+    )
+    confirm_baselines: list[str] = Field(
+        default_factory=lambda: ["random", "facility_location"],
+        description="Selector keys of this config the tuned LHAS is confirmed against, beside the best selector by "
+        "the immediate score in the sweep's own baseline runs on the development seeds.",
+    )
 
     @field_validator("objective", "immediate")
     @classmethod
@@ -399,6 +414,8 @@ class ExperimentConfig(_Strict):
                     f"selectors.{i}.params.precondition: 'adam' preconditions stage 1's gradients with the warm-up's "
                     "optimizer state; set training.warmup.steps > 0 (or precondition: none)"
                 )
+        if problems := heldout_problems(self):
+            raise ValueError("\n    ".join(problems))
         if leaks := ood_leaks(self.stages):
             raise ValueError("\n    ".join(leaks))
         from lhas_ray.tasks.builtin import capacity_problems
@@ -415,6 +432,38 @@ class ExperimentConfig(_Strict):
         if self.data.resample == "fixed":
             return self.data.seed
         return int(np.random.SeedSequence([self.data.seed, seed, 7919]).generate_state(1, np.uint32)[0])
+
+
+def heldout_problems(cfg: ExperimentConfig) -> list[str]:
+    """What keeps ``tune.heldout_seeds`` from being a held-out confirmation: a seed the sweep also tunes on, a repeat,
+    or a baseline that is not one of this config's non-lhas selectors."""
+    problems = []
+    if shared := sorted(set(cfg.tune.development_seeds) & set(cfg.seeds)):
+        problems.append(
+            f"seeds: {shared} are tune.development_seeds, the seeds the weights were tuned on; a held-out run must "
+            "not use them"
+        )
+    heldout = cfg.tune.heldout_seeds
+    if not heldout:
+        return problems
+    if len(set(heldout)) != len(heldout):
+        problems.append(f"tune.heldout_seeds: seeds must be distinct, got {heldout}")
+    if shared := sorted(set(heldout) & set(cfg.seeds)):
+        problems.append(
+            f"tune.heldout_seeds: {shared} are also development seeds (seeds: {cfg.seeds}); a held-out seed must "
+            "never reach the sweep"
+        )
+    others = [s.key for s in cfg.selectors if s.name != "lhas"]
+    if bad := [b for b in cfg.tune.confirm_baselines if b not in others]:
+        problems.append(
+            f"tune.confirm_baselines: {bad} are not non-lhas selectors of this config (they are: {others}); the "
+            "sweep's baseline runs use the config's own selectors"
+        )
+    if not others:
+        problems.append(
+            "tune.heldout_seeds: the config has no selector but lhas, so there is nothing to confirm against"
+        )
+    return problems
 
 
 def _source_identity(spec: dict[str, Any]) -> tuple:

@@ -23,6 +23,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lhas_ray.confirmation import CONFIRMATION, HELDOUT, IN_SAMPLE, confirmation_lines
 from lhas_ray.evaluation.metrics import (
     HIGHER_IS_BETTER,
     accuracy_matrices,
@@ -63,6 +64,7 @@ SECTIONS = (
     "objective-terms",
     "timings",
     "tuning",
+    "confirmation",
     "definitions",
 )
 _MAX_PROBLEMS = 20
@@ -106,6 +108,9 @@ class _Run:
     settings: _Settings
     pool_leaks: pd.DataFrame | None = None
     terms: pd.DataFrame | None = None
+    confirmation: pd.DataFrame | None = None  # OUT/confirmation.parquet of a confirmed sweep
+    sample: str | None = None  # "held-out" or "in-sample" where the run belongs to a sweep's protocol, else None
+    objective: str = ""  # tune.objective, the quantity the confirmation's headline tests
 
 
 # --- loading and validation --------------------------------------------------------------------------------------
@@ -157,6 +162,10 @@ def _load(store: ResultStore) -> _Run:
     if store.exists("pool_leaks.parquet"):
         leaks = pq.read_table(store.path("pool_leaks.parquet"), filesystem=store.fs).to_pandas()
     terms = store.read_table("terms")
+    confirmation = None
+    if store.exists(CONFIRMATION):
+        confirmation = pq.read_table(store.path(CONFIRMATION), filesystem=store.fs).to_pandas()
+    tune_cfg = cfg.get("tune") or {}
     return _Run(
         store.uri,
         metrics,
@@ -168,7 +177,25 @@ def _load(store: ResultStore) -> _Run:
         _settings(cfg),
         leaks,
         None if terms is None else terms.to_pandas(),
+        confirmation,
+        run_sample(cfg, trials is not None),
+        str(tune_cfg.get("objective", "")),
     )
+
+
+def run_sample(cfg: dict, is_sweep: bool) -> str | None:
+    """Whether a run's numbers are held-out (a confirmation: it names the development seeds it avoids), in-sample (a
+    sweep, or a run on the development seeds of a config that holds seeds out), or neither (a plain run: None)."""
+    tune = cfg.get("tune") or {}
+    if tune.get("development_seeds"):
+        return HELDOUT
+    return IN_SAMPLE if is_sweep or tune.get("heldout_seeds") else None
+
+
+SAMPLE_TEXT = {
+    HELDOUT: "held-out: seeds the sweep never saw, each with a fresh data draw",
+    IN_SAMPLE: "in-sample: the development seeds the weights were tuned on (optimistic for tuned selectors)",
+}
 
 
 def _settings(cfg: dict) -> _Settings:
@@ -778,6 +805,47 @@ def _final_table(ranking: Ranking) -> pd.DataFrame:
     return pd.DataFrame({"selector": ranking.selectors, **cols})
 
 
+def _confirmation_tables(table: pd.DataFrame, alpha: float) -> list[tuple[str, pd.DataFrame]]:
+    """The held-out tests (two Holm families) and the in-sample comparison beside them, one row per baseline."""
+    out = []
+    for sample, caption in (
+        (
+            HELDOUT,
+            "Held-out: tuned LHAS minus each baseline, paired by seed: mean [t-interval] p=raw/Holm "
+            "(headline: one-sided, tuned better; metrics: two-sided; * = adjusted p < alpha)",
+        ),
+        (
+            IN_SAMPLE,
+            "In-sample: the best trial minus each baseline on the development seeds (not tested: the weights "
+            "were chosen on these seeds)",
+        ),
+    ):
+        t = table[table["sample"] == sample]
+        if t.empty:
+            continue
+        cell = [
+            ""
+            if not np.isfinite(d)
+            else _fmt_ci(d, lo, hi, True)
+            + ("" if not np.isfinite(pr) else f" p={_fmt_p(pr)}/{_fmt_p(ph)}" + ("*" if ph < alpha else ""))
+            for d, lo, hi, pr, ph in zip(t["diff"], t["lo"], t["hi"], t["p_raw"], t["p_holm"], strict=True)
+        ]
+        wide = (
+            t.assign(cell=cell, row=t["baseline"] + " (" + t["role"] + ")")
+            .pivot(index="row", columns="metric", values="cell")
+            .reindex(columns=list(dict.fromkeys(t["metric"])))
+            .rename_axis(index="baseline", columns=None)
+            .reset_index()
+        )
+        wide.insert(
+            1,
+            "seeds",
+            [int(t.loc[t["baseline"] + " (" + t["role"] + ")" == r, "n_seeds"].max()) for r in wide["baseline"]],
+        )
+        out.append((f"{caption} [{sample}]", wide))
+    return out
+
+
 def _md_table(df: pd.DataFrame) -> str:
     """A pipe table for Markdown."""
     if df.empty:
@@ -832,6 +900,8 @@ def _header_facts(run: _Run, ranking: Ranking, T: int) -> list[tuple[str, str]]:
         ("baselines", ", ".join(ranking.baselines) or "none run"),
         ("forgetting", run.settings.forgetting),
     ]
+    if run.sample:
+        facts.insert(1, ("sample", SAMPLE_TEXT[run.sample]))
     if run.pool_leaks is not None and len(run.pool_leaks):
         n = int(run.pool_leaks["rows_removed"].sum())
         facts.append(
@@ -883,6 +953,12 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
                     diff,
                 )
             )
+    if run.confirmation is not None:
+        tables["confirmation"] = _confirmation_tables(run.confirmation, run.settings.alpha)
+    if run.sample:  # every table of a sweep's protocol says which sample its numbers come from
+        for sec, items in tables.items():
+            if sec != "confirmation":
+                tables[sec] = [(f"{caption} [{run.sample}]", df) for caption, df in items]
     texts = {
         "ranks": "",
         "rank-reversal": "Kendall tau-b between the ranking by immediate accuracy after stage 1 and each long-horizon "
@@ -906,7 +982,15 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
             else "No baseline selector was run, so the myopia test was not done."
         ),
         "timings": "" if run.timings is not None else "No timings were recorded.",
-        "tuning": "",
+        "tuning": "In-sample: every trial ran on the development seeds; the best trial's numbers are optimistic."
+        + (
+            " The held-out confirmation below reruns it on seeds the sweep never saw."
+            if run.confirmation is not None
+            else ""
+        ),
+        "confirmation": " ".join(confirmation_lines(run.confirmation, run.objective, run.settings.alpha))
+        if run.confirmation is not None
+        else "",
         "objective-terms": "Each term is in its own unit, the spread of its marginal gains over the pool at the start "
         "of greedy, times its weight; concentration counts negative. The four sum to J, the objective the greedy "
         "maximised.",
@@ -923,15 +1007,19 @@ def _render(run: _Run, trajectory: pd.DataFrame, ranking: Ranking, figures: list
         "final-metrics": "Final metrics",
         "timings": "Timings",
         "tuning": "Tuning",
+        "confirmation": "Held-out confirmation",
         "objective-terms": "Objective terms",
         "definitions": "Definitions",
     }
     if run.trials is not None and not by_section.get("tuning"):
         texts["tuning"] = f"trials.parquet has no objective column I recognise (columns: {list(run.trials.columns)})."
     has_terms = run.terms is not None and not run.terms.empty
-    sections = [
-        s for s in SECTIONS if (s != "tuning" or run.trials is not None) and (s != "objective-terms" or has_terms)
-    ]
+    shown = {
+        "tuning": run.trials is not None,
+        "objective-terms": has_terms,
+        "confirmation": run.confirmation is not None,
+    }
+    sections = [s for s in SECTIONS if shown.get(s, True)]
 
     h = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lhas_ray report: {html.escape(run.out)}</title>"

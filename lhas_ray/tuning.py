@@ -110,6 +110,7 @@ def trial_config(cfg: ExperimentConfig, params: dict) -> ExperimentConfig:
     raw = cfg.model_dump(mode="json")
     raw["selectors"] = [{"name": "lhas", "params": {**base.params, **params}, "label": base.label}]
     raw["output"] = None
+    raw["tune"]["heldout_seeds"] = []  # a trial runs lhas alone; the sweep's confirmation is the sweep's business
     return config_from_dict(raw, source="trial config")
 
 
@@ -604,6 +605,7 @@ def write_sweep_run(cfg: ExperimentConfig, out: str, top: pd.DataFrame) -> None:
     ]
     raw = cfg.model_dump(mode="json")
     raw.update({"name": f"{cfg.name}-sweep", "selectors": selectors, "output": None})
+    raw["tune"]["heldout_seeds"] = []  # the top trials side by side; the report knows a sweep by trials.parquet
     agg = config_from_dict(raw, source="sweep run")
     labels = {s["label"] for s in selectors}
     for key in store.committed_keys():  # trials that dropped out of the top since the last time
@@ -630,7 +632,7 @@ def sweep_summary(result: SweepResult, cfg: ExperimentConfig) -> str:
     """The closing text of ``lhas-ray tune``: counts by status, the best trial, the Pareto set."""
     t = result.trials
     counts = ", ".join(f"{n} {s}" for s, n in t["status"].value_counts().items())
-    lines = [f"{len(t)} trials: {counts}"]
+    lines = [f"{len(t)} trials: {counts} (in-sample: every number below is on the development seeds {cfg.seeds})"]
     cols = ["trial", "status", STAGES_DONE, OBJECTIVE, IMMEDIATE] + [c for c in t.columns if c.startswith("param_")]
     lines.append(t[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.best is not None:

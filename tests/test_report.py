@@ -62,8 +62,9 @@ def test_every_image_is_an_embedded_png(run_dir):
 def test_every_section_is_present(run_dir):
     page = _page(run_dir[1])
     for section in SECTIONS:
-        if section in ("tuning", "objective-terms"):
-            assert f"id='{section}'" not in page  # no trials.parquet, no recorded objective terms in this run
+        if section in ("tuning", "objective-terms", "confirmation"):
+            # no trials.parquet, no recorded objective terms, no confirmation.parquet in this run
+            assert f"id='{section}'" not in page
         else:
             assert f"<section id='{section}'>" in page
     assert "random, loss, rds" not in page  # selectors are listed sorted

@@ -41,6 +41,7 @@ def sweep_config(**tune) -> dict:
     raw = micro_config(num_workers=1, steps=20, warmup={"steps": 20, "size": 256, "lr": 3e-3})
     raw["selectors"] = [{"name": "random"}, {"name": "lhas", "params": {"knn": 16, "l_c": 0.5}}]
     raw["tune"] = {"trials": 2, "max_concurrent": 1, "scheduler": "fifo", "seed": 0, **tune}
+    raw["tune"] = {"heldout_seeds": [9], "confirm_baselines": ["random"], **raw["tune"]}
     return raw
 
 
@@ -371,3 +372,29 @@ def test_every_stage_reaches_tune_and_the_outputs_are_complete(resumed_sweep):
     }
     assert "warmup" in phases[r["first"]] and "warmup" not in phases[r["second"]]  # the base was shared
     assert not math.isnan(pd.read_parquet(os.path.join(out, "trials.parquet"))["objective"].iloc[0])
+
+
+@pytest.mark.slow
+def test_tune_confirms_on_heldout_seeds_and_the_confirm_config_reproduces_it(resumed_sweep, tmp_path):
+    out = resumed_sweep["out"]
+    assert resumed_sweep["code"] == 0
+    base, held = ResultStore(os.path.join(out, "baselines")), ResultStore(os.path.join(out, "confirm"))
+    assert {(u.selector, u.seed) for u in base.committed_units()} == {("random", 0)}  # the development seed
+    assert {(u.selector, u.seed) for u in held.committed_units()} == {("lhas_tuned", 9), ("random", 9)}
+    table = pd.read_parquet(os.path.join(out, "confirmation.parquet"))
+    heldout = table[table["sample"] == "held-out"]
+    assert set(heldout["baseline"]) == {"random"} and heldout["n_seeds"].max() == 1
+    assert heldout.loc[heldout["family"] == "headline", "n_seeds"].tolist() == [1]
+    assert heldout["p_raw"].isna().all()  # one held-out seed: described, never tested
+    assert "<section id='confirmation'>" in open(os.path.join(out, "report.html")).read()
+    assert "held-out" in open(os.path.join(out, "confirm", "report.md")).read()
+
+    rerun = str(tmp_path / "rerun")  # best_config.yaml + confirmation, as the user would rerun it
+    assert cli.main(["run", os.path.join(out, "confirm_config.yaml"), "-o", rerun, "--no-report"]) == 0
+    cols = ["selector", "seed", "stage", "eval_set", "skill", "metric"]
+
+    def metrics(path: str) -> pd.DataFrame:
+        df = ResultStore(path).read_table("metrics").to_pandas()
+        return df.sort_values(cols).reset_index(drop=True)[[*cols, "value"]]
+
+    pd.testing.assert_frame_equal(metrics(rerun), metrics(held.uri))
