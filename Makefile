@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test lint format study real clean
+.PHONY: setup demo test lint format study paper real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: setup
 
 study: setup
 	$(VENV)/bin/lhas-ray run study --output outputs/study
+
+# the headline: tune LHAS on development seeds, then confirm on held-out seeds (lhas_ray/configs/paper.yaml)
+paper: setup
+	$(VENV)/bin/lhas-ray tune paper --output outputs/paper
 
 # the real-text study: SmolLM2-135M (GGUF from PyPI), LoRA, real text domains; extras and sources first
 real: setup

@@ -3,6 +3,7 @@
 1. facility location, lazy greedy vs the naive-greedy reference on the same sparse kNN graph: speed ratio, same set?
 2. LHAS on a large pool (all four terms, skill clusters, 32-NN graph): wall time and peak RSS against the budget.
 3. GreeDi (Ray tasks) vs single-machine greedy for facility location: ratio of the objectives.
+4. LHAS vs facility location on the demo's stage-1 pool (scored by the demo model): ratio of selection times.
 
 Each section runs in its own process so its peak RSS (``resource.getrusage``) is its own. Embeddings are a seeded
 Gaussian mixture on the unit sphere (clustered, as real embeddings are), so kNN graphs and coverage mean something.
@@ -133,7 +134,48 @@ def bench_greedi(args: argparse.Namespace) -> None:
     print(f"[greedi] target ratio >= 0.9: {'met' if exact_dist / exact_single >= 0.9 else 'MISSED'}")
 
 
-SECTIONS = {"fl": bench_fl, "lhas": bench_lhas, "greedi": bench_greedi}
+def bench_demo(args: argparse.Namespace) -> None:
+    """LHAS against facility location on the demo's stage-1 pool, scored by the demo model as the protocol does:
+    selection time of each (median of ``--repeats``) and their ratio (target: lhas <= 2x facility_location)."""
+    from lhas_ray.config import load_config
+    from lhas_ray.model import build_model
+    from lhas_ray.scoring.score import Scorer
+    from lhas_ray.tasks import build_suite
+
+    cfg = load_config("demo")
+    lhas_cfg = cfg.selector("lhas")
+    suite = build_suite(cfg, cfg.seeds[0])
+    stage = suite.stages[0]
+    model, tok = build_model(cfg.model, seed=cfg.seeds[0])
+    selectors = {
+        "facility_location": get_selector("facility_location"),
+        "lhas": get_selector("lhas", **lhas_cfg.params),
+    }
+    want = set().union(*(set(s.requires) | set(getattr(s, "optional", ())) for s in selectors.values())) - {"skill"}
+    scorer = Scorer(
+        model.eval(), tok, want, max_length=cfg.model.max_length, grad_dim=cfg.scoring.grad_dim, reference=model
+    )
+    pool = stage.pool.sort_by("example_id")
+    feats = scorer.score_batches(pool.slice(i, cfg.scoring.batch_size) for i in range(0, pool.num_rows, 256))
+    table = feats.append_column("skill", pool.column("skill"))
+    proxy = Scorer(model, tok, {"grad"}, max_length=cfg.model.max_length, grad_dim=cfg.scoring.grad_dim)
+    proxy_grad = np.stack(proxy.score_batches([suite.future_proxy("replay", 1)])["grad"].to_numpy(False)).mean(0)
+    ctx = SelectionContext(proxy_grad=proxy_grad.astype(np.float32), seed=0)
+    walls = {}
+    for name, sel in selectors.items():
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            sel.select(table, stage.budget, ctx)
+            times.append(time.perf_counter() - t0)
+        walls[name] = float(np.median(times))
+        print(f"[demo] {name}: select {walls[name] * 1000:.0f} ms (median of {args.repeats})")
+    ratio = walls["lhas"] / walls["facility_location"]
+    print(f"[demo] pool N={table.num_rows} k={stage.budget} (demo stage 1); lhas params {lhas_cfg.params}")
+    print(f"[demo] ratio lhas / facility_location = {ratio:.2f} (target <= 2: {'met' if ratio <= 2 else 'MISSED'})")
+
+
+SECTIONS = {"fl": bench_fl, "lhas": bench_lhas, "greedi": bench_greedi, "demo": bench_demo}
 
 
 def main() -> None:
@@ -152,6 +194,7 @@ def main() -> None:
     p.add_argument("--greedi-k", type=int, default=5_000)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--cpus", type=int, default=2, help="Ray CPUs for the GreeDi section")
+    p.add_argument("--repeats", type=int, default=5, help="timed selections per selector in the demo section")
     args = p.parse_args()
     if args.only != "all":
         SECTIONS[args.only](args)

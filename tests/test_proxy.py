@@ -44,3 +44,10 @@ def test_broad_proxy_is_the_mixture_of_every_skill_and_unknown_kinds_fail():
     assert set(np.unique(broad.column("skill").to_numpy(zero_copy_only=False))) == set(SKILLS)
     with pytest.raises(ValueError, match="unknown future proxy"):
         suite.future_proxy("oracle", 1)
+
+
+def test_the_study_runs_lhas_under_both_proxies_with_the_same_weights():
+    lhas = [s for s in load_config("study").selectors if s.name == "lhas"]
+    assert sorted(s.params["proxy"] for s in lhas) == ["broad", "replay"]
+    weights = [{k: v for k, v in s.params.items() if k != "proxy"} for s in lhas]
+    assert weights[0] == weights[1]  # only the proxy differs, so the study compares proxies and nothing else
