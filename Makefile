@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test lint format study paper real clean
+.PHONY: setup demo test test-fast lint format bench study paper real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,18 @@ real: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+# every benchmark at its default sizes (bench_training on the tiny model: SmolLM2 needs `make real`'s extras)
+bench: setup
+	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_selection.py
+	$(PY) benchmarks/bench_report.py
+	$(PY) benchmarks/bench_tune.py overhead
+	$(PY) benchmarks/bench_tune.py asha
+	$(PY) benchmarks/bench_training.py --model tiny
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
@@ -33,6 +32,7 @@ import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
+import lhas_ray  # noqa: E402, F401  (sets RAY_TRAIN_V2_ENABLED before ray.train is imported)
 from lhas_ray.config import ModelConfig, TrainingConfig  # noqa: E402
 from lhas_ray.local_ray import start_local_ray  # noqa: E402
 from lhas_ray.model import build_model, encode, load_pretrained, save_pretrained, with_adapters  # noqa: E402

@@ -23,15 +23,14 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-
-
 from lhas_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
+from lhas_ray.launch import run_experiment  # noqa: E402
 from lhas_ray.local_ray import start_local_ray  # noqa: E402
-from lhas_ray.protocol import run_experiment  # noqa: E402
-from lhas_ray.search_space import load_search_space  # noqa: E402
 from lhas_ray.store import ResultStore  # noqa: E402
-from lhas_ray.tuning import run_sweep, trial_config, trial_scores  # noqa: E402
+from lhas_ray.tuning.configs import trial_config  # noqa: E402
+from lhas_ray.tuning.scores import trial_scores  # noqa: E402
+from lhas_ray.tuning.space import load_search_space  # noqa: E402
+from lhas_ray.tuning.sweep import run_sweep  # noqa: E402
 
 SPACE = "search_spaces/lhas_default.yaml"
 

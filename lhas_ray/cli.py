@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
@@ -107,7 +106,7 @@ def accuracy_matrices(out: str) -> str:
 
 
 def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool) -> int:
-    from lhas_ray.protocol import run_experiment
+    from lhas_ray.launch import run_experiment
 
     start = time.perf_counter()
     run_experiment(cfg, out, address)
@@ -122,7 +121,7 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool) -> 
 
 def _tune(args: argparse.Namespace) -> int:
     """``lhas-ray tune``: validate everything (config, space) before Ray starts, run or resume the sweep, report."""
-    from lhas_ray.search_space import load_search_space
+    from lhas_ray.tuning.space import load_search_space
 
     resume_out = args.resume if isinstance(args.resume, str) else None
     if args.config is None:
@@ -130,7 +129,7 @@ def _tune(args: argparse.Namespace) -> int:
             raise ConfigError("give a CONFIG to start a sweep, or --resume OUT to continue one")
         if args.overrides or args.space or args.trials:
             raise ConfigError("--resume OUT continues the sweep as it was started: drop --set, --space and --trials")
-        from lhas_ray.tuning import load_sweep
+        from lhas_ray.tuning.sweep import load_sweep
 
         out = resume_out or args.output
         cfg, space, trials = load_sweep(out)
@@ -145,8 +144,8 @@ def _tune(args: argparse.Namespace) -> int:
         trials = args.trials or cfg.tune.trials
         if trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {trials}")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from lhas_ray.tuning import run_sweep, sweep_summary
+    from lhas_ray.tuning.results import sweep_summary
+    from lhas_ray.tuning.sweep import run_sweep
 
     start = time.perf_counter()
     result = run_sweep(cfg, space, out, trials=trials, address=args.ray_address, resume=bool(args.resume))
@@ -165,9 +164,8 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _confirm(out: str, seeds: list[int] | None, address: str | None, report: bool) -> int:
     """``lhas-ray confirm``: baselines on the development seeds, then the tuned weights on the held-out ones."""
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from lhas_ray.confirmation import CONFIRM_DIR, confirm, confirmation_summary
-    from lhas_ray.tuning import child_uri
+    from lhas_ray.tuning.confirm import CONFIRM_DIR, confirm, confirmation_summary
+    from lhas_ray.tuning.trials import child_uri
 
     start = time.perf_counter()
     result = confirm(out, address=address, seeds=seeds)
@@ -204,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         out = args.output or cfg.output
         if not out:
             raise ConfigError("no output folder: pass --output OUT or set 'output' in the config")
-        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
         return _run(cfg, out, args.ray_address, report=not args.no_report)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"lhas-ray: error: {e}", file=sys.stderr)

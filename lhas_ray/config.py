@@ -348,7 +348,7 @@ class TuningConfig(_Strict):
     @field_validator("objective", "immediate")
     @classmethod
     def _formula(cls, text: str) -> str:
-        from lhas_ray.search_space import parse_formula
+        from lhas_ray.evaluation.formulas import parse_formula
 
         return parse_formula(text).text
 

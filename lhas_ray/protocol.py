@@ -1,40 +1,31 @@
-"""The multi-stage selection protocol (DESIGN.md), read top to bottom like a recipe.
+"""The multi-stage selection protocol (DESIGN.md), the recipe every Ray Train worker runs, read top to bottom.
 
-For each selector s, seed r and stage t, from the base checkpoint: score pool t with the current model, select k_t
-examples, train on them (DeepSpeed), evaluate on every stage's eval and OOD sets, then probe adaptation to stage t+1.
-Every stage commits its rows to the store before the next begins; a rerun skips what is complete.
-
-Where fixed costs are paid: ``run_experiment`` starts Ray once per run. Trajectories are packed into groups
-(``ray.concurrent_trajectories`` of them) and each group is ONE ``TorchTrainer.fit()`` whose workers run all its
-trajectories and stages (``trajectory_worker``), so Train worker start-up (30-36 s here) is paid once per group, not
-once per stage. Pools reach the workers as Ray Data shards, scored by the same workers that train.
+For each selector s, seed r and stage t, from the base checkpoint: 1. score pool t with the current model (this
+worker's Ray Data shard), 2. select k_t examples, 3. train on them (DeepSpeed), 4. evaluate on every stage's eval and
+OOD sets and the general set, then 5. probe adaptation to stage t+1. Every stage commits its rows to the store before
+the next begins; a rerun skips what is complete. ``launch.py`` is the driver that starts these workers.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import ray
 import ray.train
-import yaml
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 
-from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
+from lhas_ray.config import ExperimentConfig
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
-from lhas_ray.local_ray import start_local_ray
 from lhas_ray.model import build_model, with_adapters
+from lhas_ray.progress import Progress, Timer, quiet_libraries, worker_start_seconds
 from lhas_ray.scoring.features import select_grad_params
 from lhas_ray.scoring.score import Scorer
-from lhas_ray.scoring.shards import WholePoolDataConfig, score_shard, score_spread
+from lhas_ray.scoring.shards import score_shard, score_spread
 from lhas_ray.selection import SelectionContext, get_selector
 from lhas_ray.store import ResultStore, Unit
-from lhas_ray.tasks import Suite, build_suite
+from lhas_ray.tasks import Suite
 from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from lhas_ray.training.dist import broadcast_object, rank
 from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
@@ -43,54 +34,6 @@ from lhas_ray.training.stage import train_steps
 from lhas_ray.training.tensorboard import log_curves
 
 log = logging.getLogger("lhas_ray.protocol")
-
-
-# --- the worker side: one Train worker group runs whole trajectories ---------------------------------------
-
-
-@dataclass
-class Progress:
-    """Progress lines for the driver's console: where the group is, elapsed time, and a remaining estimate."""
-
-    total_units: int
-    done_units: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    where: str = ""
-
-    def phase(self, phase: str) -> None:
-        if rank() != 0:
-            return
-        elapsed = time.perf_counter() - self.started
-        left = (
-            f", ~{elapsed / self.done_units * (self.total_units - self.done_units):.0f}s left"
-            if self.done_units
-            else ""
-        )
-        log.info(
-            "[%d/%d] %s: %s (elapsed %.0fs%s)", self.done_units + 1, self.total_units, self.where, phase, elapsed, left
-        )
-
-
-@dataclass
-class Timer:
-    """Wall seconds per phase of one unit of work; announces each phase on the progress log."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    progress: Progress | None = None
-
-    def __call__(self, phase: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                if timer.progress is not None:
-                    timer.progress.phase(phase)
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.t0
-
-        return _Span()
 
 
 def eval_sets(suite: Suite) -> list[EvalSet]:
@@ -224,8 +167,7 @@ class TrajectoryRunner:
             with timer("evaluation"):
                 model, tokenizer = self._load(checkpoint_path("", seed, 0), adapters=False)
                 self._base_rows[seed] = self._evaluate(model, tokenizer, self.sets[seed])
-        timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
-        self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timings)
+        self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timer.rows())
 
     # ---- stage t ----
     def stage_unit(self, selector_key: str, seed: int, t: int, fixed_costs: dict[str, float] | None = None) -> None:
@@ -313,8 +255,7 @@ class TrajectoryRunner:
             f"selections/{selector_key}/s{seed}/stage{t}.parquet": sel_table,
             f"features/{selector_key}/s{seed}/stage{t}.parquet": features,
         }
-        timings = [{"phase": k, "seconds": v} for k, v in timer.seconds.items()]
-        self._commit(Unit(selector_key, seed, t), metrics, curve, timings, extra, terms)
+        self._commit(Unit(selector_key, seed, t), metrics, curve, timer.rows(), extra, terms)
 
     def _context(self, selector, scorer: Scorer, stage, seed: int) -> SelectionContext:
         """Target and future-proxy gradients/embeddings, computed only when the selector asks for them."""
@@ -394,17 +335,6 @@ def _matrix(table: pa.Table, column: str) -> np.ndarray:
     return col.values.to_numpy().reshape(len(col), -1)
 
 
-def quiet_libraries() -> None:
-    """Progress bars of Ray Data and transformers would drown the protocol's own progress lines."""
-    import transformers
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
 def trajectory_worker(config: dict) -> None:
     """The function Ray Train runs on every worker: all trajectories of one group, stage by stage."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -413,178 +343,12 @@ def trajectory_worker(config: dict) -> None:
     if not cfg.training.use_gpu:
         disable_cpu_shm_op()
     store = ResultStore(config["out"])
-    worker_start = None
-    if "fit_started" in config:
-        # a group Ray Train restarted (FailureConfig) books no start-up: the time since fit() began is not one
-        since = config["fit_started"]
-        units = [Unit(key, seed, t) for key, seed in config["trajectories"] for t in range(len(cfg.stages) + 1)]
-        restart = store.committed_after(units, since) if rank() == 0 else None
-        worker_start = None if broadcast_object(restart) else time.time() - since
+    fixed = dict(config.get("fixed_costs", {}))  # start-up costs, booked to the first unit this run commits
+    if (worker_start := worker_start_seconds(store, config, len(cfg.stages))) is not None:
+        fixed["worker_start"] = worker_start
     with tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
         runner = TrajectoryRunner(cfg, store, config["suites"], cache, Progress(n_units))
-        for i, (selector_key, seed) in enumerate(config["trajectories"]):
-            fixed = dict(config.get("fixed_costs", {})) if i == 0 else {}
-            if i == 0 and worker_start is not None:
-                fixed["worker_start"] = worker_start
+        for selector_key, seed in config["trajectories"]:
             runner.trajectory(selector_key, seed, fixed)
-
-
-# --- the driver side --------------------------------------------------------------------------------------
-
-
-def ensure_same_run(store: ResultStore, cfg: ExperimentConfig) -> None:
-    """Refuse to mix runs: an output folder that holds another config's results is never written into.
-
-    The stored config is compared as a validated config, so a folder written before a later version added a setting
-    with a default still resumes.
-    """
-    if not store.is_run():
-        store.write_bytes("config.yaml", dump_config(cfg).encode())
-        return
-    try:
-        existing = config_from_dict(yaml.safe_load(store.read_bytes("config.yaml")), source=store.path("config.yaml"))
-    except ConfigError as e:
-        raise ValueError(
-            f"{store.uri} holds a run whose config this version cannot read ({e}); use a fresh --output"
-        ) from e
-    if existing.model_dump(mode="json") != cfg.model_dump(mode="json"):
-        raise ValueError(
-            f"{store.uri} already holds a run with a different config; use a fresh --output "
-            "(or rerun with exactly the same config to resume it)"
-        )
-
-
-def init_ray(cfg: ExperimentConfig, address: str | None) -> float:
-    """Connect to a cluster (address) or start a local Ray sized to this machine; returns the seconds it took."""
-    start = time.perf_counter()
-    if not ray.is_initialized():
-        addr = address or cfg.ray.address
-        if addr:
-            ray.init(address=addr, log_to_driver=True)
-        else:
-            start_local_ray(cfg.ray.num_cpus)
-    return time.perf_counter() - start
-
-
-def trajectory_groups(cfg: ExperimentConfig, store: ResultStore) -> list[list[tuple[str, int]]]:
-    """Pending (selector, seed) trajectories, dealt round-robin into ``ray.concurrent_trajectories`` groups."""
-    last = len(cfg.stages)
-    pending = [
-        (s.key, seed) for seed in cfg.seeds for s in cfg.selectors if not store.is_committed(Unit(s.key, seed, last))
-    ]
-    n = min(cfg.ray.concurrent_trajectories, len(pending))
-    return [pending[i::n] for i in range(n)] if n else []
-
-
-def fit_group(cfg: ExperimentConfig, out: str, data: RunData, group: list, fixed: dict, name: str, callbacks=None):
-    """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost).
-
-    The workers get the suites of the group's seeds (without pools) and, as Ray Datasets, only the pools they use.
-    """
-    seeds = sorted({seed for _, seed in group})
-    suites = {seed: data.suites[seed] for seed in seeds}
-    pools = {k: data.pools[k] for k in sorted({pool_key(cfg, seed, t) for seed in seeds for t in data.stages})}
-    store = ResultStore(out)
-    local = store.local_path("_ray")
-    trainer = TorchTrainer(
-        trajectory_worker,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"),
-            "out": out,
-            "suites": suites,
-            "trajectories": group,
-            "fixed_costs": fixed,
-            "fit_started": time.time(),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.training.num_workers,
-            use_gpu=cfg.training.use_gpu,
-            resources_per_worker={"CPU": cfg.training.cpus_per_worker, **({"GPU": 1} if cfg.training.use_gpu else {})},
-        ),
-        torch_config=TorchConfig(backend="nccl" if cfg.training.use_gpu else "gloo"),
-        datasets=pools,
-        dataset_config=WholePoolDataConfig(),
-        run_config=RunConfig(
-            name=name,
-            storage_path=local or store.path("_ray"),
-            storage_filesystem=None if local else store.fs,  # s3:// and gs:// go through the store's pyarrow fs
-            # a dead worker restarts the group; trajectory_worker skips committed units, so it resumes, not redoes
-            failure_config=FailureConfig(max_failures=cfg.training.max_failures),
-            callbacks=callbacks or [],
-        ),
-    )
-    return trainer.fit()
-
-
-def pool_dataset(pool: pa.Table, num_workers: int, rows_per_block: int = 4096) -> ray.data.Dataset:
-    """A pool as a Ray Dataset of several blocks, so streaming_split can give every worker a share."""
-    n_blocks = max(num_workers * 2, -(-pool.num_rows // rows_per_block))
-    bounds = np.linspace(0, pool.num_rows, n_blocks + 1).astype(int)
-    return ray.data.from_arrow([pool.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
-
-
-@dataclass
-class RunData:
-    """Every data draw of a run: each trajectory seed's suite (without pools; seeds of one draw share the object)
-    and the pools as Ray Datasets named by ``pool_key``."""
-
-    suites: dict[int, Suite]
-    pools: dict[str, ray.data.Dataset]
-    removed: pa.Table  # seed, stage, rows_removed: pool rows dropped for sharing text with a held-out set
-
-    @property
-    def stages(self) -> range:
-        return range(1, len(next(iter(self.suites.values())).stages) + 1)
-
-
-def build_suites(cfg: ExperimentConfig) -> dict[int, Suite]:
-    """Each trajectory seed's suite, built once per data draw (``data.resample``); fails before any Ray work."""
-    by_draw: dict[int, Suite] = {}
-    for seed in cfg.seeds:
-        draw = cfg.data_seed(seed)
-        if draw not in by_draw:
-            by_draw[draw] = build_suite(cfg, seed)
-    return {seed: by_draw[cfg.data_seed(seed)] for seed in cfg.seeds}
-
-
-def run_data(cfg: ExperimentConfig, suites: dict[int, Suite]) -> RunData:
-    """The suites' pools as Ray Datasets (one per draw and stage) and the light suites the workers receive."""
-    pools, light, removed, light_of = {}, {}, [], {}
-    for seed, suite in suites.items():
-        for stage in suite.stages:
-            key = pool_key(cfg, seed, stage.index)
-            if key not in pools:
-                pools[key] = pool_dataset(stage.pool, cfg.training.num_workers)
-            removed.append((seed, stage.index, int(suite.removed_from_pools.get(stage.index, 0))))
-        light[seed] = light_of.setdefault(id(suite), suite.without_pools())
-    table = pa.table(
-        {name: [r[i] for r in removed] for i, name in enumerate(("seed", "stage", "rows_removed"))},
-        schema=POOL_LEAKS_SCHEMA,
-    )
-    return RunData(light, pools, table)
-
-
-POOL_LEAKS_SCHEMA = pa.schema([("seed", pa.int64()), ("stage", pa.int64()), ("rows_removed", pa.int64())])
-
-
-def run_experiment(cfg: ExperimentConfig, out: str, address: str | None = None) -> ResultStore:
-    """Run (or resume) every trajectory of the experiment into ``out``; returns the store."""
-    store = ResultStore(out)
-    out = store.uri  # absolute: the Train workers do not share the driver's working directory
-    suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
-    ensure_same_run(store, cfg)
-    ray_start = init_ray(cfg, address)
-    quiet_libraries()
-    data = run_data(cfg, suites)
-    store.write_parquet("pool_leaks.parquet", data.removed)
-    groups = trajectory_groups(cfg, store)
-    for i, group in enumerate(groups):
-        fixed = {"ray_start": ray_start} if i == 0 else {}
-        if len(groups) == 1:
-            fit_group(cfg, out, data, group, fixed, name=f"{cfg.name}-group{i}")
-    if len(groups) > 1:
-        from lhas_ray.tuning import run_groups_with_tune
-
-        run_groups_with_tune(cfg, out, data, groups, {"ray_start": ray_start})
-    return store
+            fixed = {}

@@ -108,7 +108,7 @@ def validate_command(command: list[str], working_dir: str) -> None:
     """Load the experiment config (with its --set overrides) and the search space the command names; exit 2 if bad."""
     sys.path.insert(0, str(REPO))
     from lhas_ray.config import ConfigError, load_config
-    from lhas_ray.search_space import SearchSpaceError, load_search_space
+    from lhas_ray.tuning.space import SearchSpaceError, load_search_space
 
     config = next((a for a in command[1:] if not a.startswith("-")), None)
     if config is None:  # `tune --resume OUT`: the sweep folder holds its config

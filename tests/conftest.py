@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+import lhas_ray  # noqa: F401  (sets RAY_TRAIN_V2_ENABLED before any test imports ray.train)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lhas_ray.config import load_config
-from lhas_ray.search_space import load_search_space
+from lhas_ray.tuning.space import load_search_space
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTERS = REPO / "clusters"

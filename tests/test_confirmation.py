@@ -17,7 +17,8 @@ from scipy import stats as sps
 
 from lhas_ray import cli
 from lhas_ray.config import ConfigError, config_from_dict, load_config
-from lhas_ray.confirmation import (
+from lhas_ray.launch import build_suites
+from lhas_ray.tuning.confirm import (
     CONFIRM_CONFIG,
     IMMEDIATE,
     OBJECTIVE,
@@ -28,11 +29,10 @@ from lhas_ray.confirmation import (
     confirm_config,
     confirmation_table,
 )
-from lhas_ray.protocol import build_suites
-from lhas_ray.search_space import parse_search_space
-from lhas_ray.tuning import run_sweep
+from lhas_ray.tuning.space import parse_search_space
+from lhas_ray.tuning.sweep import run_sweep
+from tests.helpers import fake_protocol, sweep_config
 from tests.synthetic_run import build_synthetic_run
-from tests.test_tuning import fake_protocol, sweep_config
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the recording protocol runs inside Tune trials
 

@@ -14,7 +14,7 @@ from lhas_ray.config import PACKAGED_CONFIGS, ConfigError, load_config
 from lhas_ray.tasks import build_suite
 from lhas_ray.tasks import builtin as b
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, drop_leaks
-from tests.test_suite import _reference
+from tests.helpers import reference_answer as _reference
 
 
 def _bytes(table: pa.Table) -> bytes:

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from lhas_ray.store import ResultStore
-from tests.test_protocol import micro_config
+from tests.helpers import micro_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [

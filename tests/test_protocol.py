@@ -17,37 +17,13 @@ import yaml
 
 from lhas_ray.config import config_from_dict, dump_config
 from lhas_ray.evaluation.accuracy import per_example
+from lhas_ray.launch import build_suites, run_experiment
 from lhas_ray.model import build_model, load_pretrained, save_pretrained
-from lhas_ray.protocol import build_suites, run_experiment
 from lhas_ray.store import ResultStore
 from lhas_ray.tasks import build_suite
+from tests.helpers import micro_config
 
 pytestmark = pytest.mark.slow
-
-
-def micro_config(model_name: str = "tiny-gpt2", **training) -> dict:
-    """2 stages, 2 selectors, 1 seed, a few dozen steps: the whole protocol in well under a minute."""
-    stage = {"budget": 64, "pool": {"size": 256}, "eval_size": 32, "ood_size": 8, "probe_size": 32}
-    return {
-        "name": "micro",
-        "model": {"name": model_name, "n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 24},
-        "data": {"seed": 0, "min_len": 2, "max_len": 4},
-        "stages": [{"name": "rev", "targets": ["reverse"], **stage}, {"name": "srt", "targets": ["sort"], **stage}],
-        "selectors": [{"name": "random"}, {"name": "loss_high"}],
-        "seeds": [0],
-        "training": {
-            "steps": 30,
-            "lr": 3e-3,
-            "batch_size": 16,
-            "num_workers": 2,
-            "eval_every": 10,
-            "warmup": {"steps": 30, "size": 256, "lr": 3e-3},
-            **training,
-        },
-        "probe": {"steps": 6, "eval_every": 3},
-        "scoring": {"batch_size": 64},
-        "evaluation": {"general_size": 8},  # 8 of each of the 8 skills: every capability measured, kept cheap
-    }
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ import yaml
 
 from lhas_ray.evaluation.metrics import FORGETTING_TEXT, definitions, trajectory_metrics
 from lhas_ray.evaluation.ranking import rank_analysis
-from lhas_ray.report import SECTIONS, pareto_front, verdict, write_report, write_tensorboard
+from lhas_ray.report import SECTIONS, write_report, write_tensorboard
+from lhas_ray.report.figures import pareto_front_of as pareto_front
+from lhas_ray.report.verdict import verdict
 from lhas_ray.store import ResultStore, Unit
 
 try:

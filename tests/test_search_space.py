@@ -4,6 +4,10 @@ trajectory metrics at the right stage, Pareto sets and parameter importances."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +15,13 @@ import optuna
 import pandas as pd
 import pytest
 
-from lhas_ray.search_space import (
-    SearchSpaceError,
-    load_search_space,
-    param_importances,
-    pareto_mask,
-    parse_formula,
-    parse_search_space,
-    stage_scores,
-)
+import lhas_ray
+from lhas_ray.evaluation.formulas import parse_formula, stage_scores
+from lhas_ray.evaluation.ranking import pareto_mask
+from lhas_ray.tuning.results import param_importances
+from lhas_ray.tuning.space import SearchSpaceError, load_search_space, parse_search_space
 
-SPACES = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))
+SPACES = sorted((Path(lhas_ray.__file__).resolve().parent / "search_spaces").glob("*.yaml"))
 
 
 def test_packaged_spaces_load_and_name_lhas_parameters():
@@ -31,7 +31,7 @@ def test_packaged_spaces_load_and_name_lhas_parameters():
         assert {"l_u", "l_c", "l_f", "l_a"} <= set(space.params), path
         dists = space.distributions()
         assert all(isinstance(d, optuna.distributions.BaseDistribution) for d in dists.values())
-    wide = load_search_space("lhas_wide").distributions()  # a bare name finds search_spaces/NAME.yaml
+    wide = load_search_space("lhas_wide").distributions()  # a bare name finds lhas_ray/search_spaces/NAME.yaml
     assert wide["l_u"].log and isinstance(wide["utility"], optuna.distributions.CategoricalDistribution)
     assert wide["n_clusters"].log and wide["n_clusters"].low == 4
 
@@ -140,3 +140,25 @@ def test_param_importances_find_the_parameter_that_matters():
     imp = param_importances(trials)
     assert set(imp.index) == {"l_u", "l_c"} and imp["l_u"] > 0.9
     assert param_importances(trials.head(2)).empty  # too few trials: nothing to say
+
+
+def test_search_spaces_and_configs_resolve_from_an_installed_wheel(tmp_path):
+    """A non-editable install (the wheel setuptools builds) carries the packaged spaces and configs."""
+    repo = Path(lhas_ray.__file__).resolve().parent.parent
+    src, target = tmp_path / "src", tmp_path / "site"  # built from a copy: setuptools writes build/ beside the source
+    shutil.copytree(repo / "lhas_ray", src / "lhas_ray", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
+    subprocess.run([*pip, str(src)], check=True, cwd=tmp_path, capture_output=True)
+    probe = (
+        "import lhas_ray, sys; from lhas_ray.tuning.space import load_search_space; from lhas_ray.config import load_config\n"
+        "assert lhas_ray.__file__.startswith(sys.argv[1]), lhas_ray.__file__\n"
+        "for name in ('lhas_default', 'search_spaces/lhas_paper.yaml'): load_search_space(name)\n"
+        "load_config('paper'); print('ok')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(target)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -9,6 +9,7 @@ from lhas_ray.config import load_config
 from lhas_ray.tasks import build_suite
 from lhas_ray.tasks import builtin as b
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA
+from tests.helpers import reference_answer
 
 
 def _spec(**kw) -> b.SuiteSpec:
@@ -28,31 +29,6 @@ def _spec(**kw) -> b.SuiteSpec:
     return b.SuiteSpec(**{**base, **kw})
 
 
-def _reference(skill: str, x: str) -> str:
-    """A plain-Python reference implementation of each skill."""
-    if skill == "copy":
-        return x
-    if skill == "reverse":
-        return x[::-1]
-    if skill == "sort":
-        return "".join(sorted(x))
-    if skill == "sort_reverse":
-        return "".join(sorted(x))[::-1]
-    if skill == "add":
-        a, c = x.split("+")
-        return str(int(a) + int(c))
-    if skill == "reverse_add":
-        a, c = x.split("+")
-        return str(int(a[::-1]) + int(c[::-1]))
-    if skill == "count":
-        s, q = x.split("/")
-        return str(s.count(q))
-    if skill == "lookup":
-        pairs, q = x.split("/")
-        return dict(zip(pairs[::2], pairs[1::2], strict=True))[q]
-    raise AssertionError(skill)
-
-
 @pytest.mark.parametrize("skill", b.SKILLS)
 def test_every_skill_answers_correctly(skill):
     rng = np.random.default_rng(1)
@@ -60,7 +36,7 @@ def test_every_skill_answers_correctly(skill):
     for p, a in zip(prompts, answers, strict=True):
         op, body = p.split(":", 1)
         assert op == b.OPS[skill]
-        assert a == _reference(skill, body.rstrip("=")), p
+        assert a == reference_answer(skill, body.rstrip("=")), p
 
 
 def test_same_seed_same_bytes_other_seed_differs():
@@ -82,13 +58,13 @@ def test_pool_mix_noise_and_duplicates_follow_the_config():
     noisy = pool[pool.tags.map(lambda t: "noise" in t)]
     assert len(noisy) == 100
     wrong = [
-        a != _reference(s, p.split(":", 1)[1].rstrip("="))
+        a != reference_answer(s, p.split(":", 1)[1].rstrip("="))
         for s, p, a in zip(noisy.skill, noisy.prompt, noisy.answer, strict=True)
     ]
     assert np.mean(wrong) > 0.9  # noised labels are wrong
     clean = pool[pool.tags.map(lambda t: "noise" not in t)]
     right = [
-        a == _reference(s, p.split(":", 1)[1].rstrip("="))
+        a == reference_answer(s, p.split(":", 1)[1].rstrip("="))
         for s, p, a in zip(clean.skill, clean.prompt, clean.answer, strict=True)
     ]
     assert all(right)

@@ -22,27 +22,14 @@ import yaml
 
 from lhas_ray import cli
 from lhas_ray.config import ConfigError, config_from_dict, load_config
-from lhas_ray.search_space import parse_search_space
-from lhas_ray.store import ResultStore, Unit
-from lhas_ray.tuning import (
-    best_config,
-    run_sweep,
-    trial_concurrency,
-    trial_config,
-    tuned_selector,
-)
-from tests.test_protocol import micro_config
+from lhas_ray.store import ResultStore
+from lhas_ray.tuning.configs import best_config, trial_config, tuned_selector
+from lhas_ray.tuning.space import parse_search_space
+from lhas_ray.tuning.sweep import run_sweep
+from lhas_ray.tuning.trials import trial_concurrency
+from tests.helpers import fake_protocol, micro_config, sweep_config
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stub protocol below runs inside Tune trials
-
-
-def sweep_config(**tune) -> dict:
-    """The micro protocol with one Train worker, an lhas selector with a non-default param, and a small sweep."""
-    raw = micro_config(num_workers=1, steps=20, warmup={"steps": 20, "size": 256, "lr": 3e-3})
-    raw["selectors"] = [{"name": "random"}, {"name": "lhas", "params": {"knn": 16, "l_c": 0.5}}]
-    raw["tune"] = {"trials": 2, "max_concurrent": 1, "scheduler": "fifo", "seed": 0, **tune}
-    raw["tune"] = {"heldout_seeds": [9], "confirm_baselines": ["random"], **raw["tune"]}
-    return raw
 
 
 SPACE = {
@@ -76,7 +63,7 @@ def test_concurrency_comes_from_cluster_resources():
 def test_asha_judges_after_every_stage_but_the_last():
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from lhas_ray.tuning import _scheduler
+    from lhas_ray.tuning.sweep import _scheduler
 
     raw = sweep_config(scheduler="asha", grace_period=1, reduction_factor=2)
     raw["stages"] = [{**s, "name": f"s{i}"} for i, s in enumerate(raw["stages"] * 2)]
@@ -92,7 +79,7 @@ def test_a_trial_asha_stopped_is_pruned_for_optuna_not_completed():
     """TPE must not take a stopped trial's objective after 1 of 4 stages for a final outcome."""
     import optuna
 
-    from lhas_ray.tuning import _searcher
+    from lhas_ray.tuning.sweep import _searcher
 
     raw = sweep_config(scheduler="asha")
     raw["stages"] = [{**s, "name": f"s{i}"} for i, s in enumerate(raw["stages"] * 2)]
@@ -129,22 +116,6 @@ def test_a_bad_search_space_fails_before_any_trial_or_ray(tmp_path, capsys):
 
 
 # --- the sweep machinery with a stand-in protocol (no Train run) ------------------------------------------------------
-def fake_protocol(cfg, out, data, group, fixed, name, callbacks):
-    """Commit every unit with accuracy 0.5 if l_u >= 1 else 0 (so 'acc / acc' is 1 or NaN), as the protocol would."""
-    import pyarrow as pa
-
-    store = ResultStore(out)
-    acc = 0.5 if cfg.selectors[0].params["l_u"] >= 1 else 0.0
-    n = len(cfg.stages)
-    for selector, seed in group:
-        for t in range(n + 1):
-            rows = [(selector, seed, t, f"eval/stage{j}", j, "all", "accuracy", acc) for j in range(1, n + 1)]
-            cols = ["selector", "seed", "stage", "eval_set", "eval_stage", "skill", "metric", "value"]
-            table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
-            store.write_part("metrics", Unit(selector, seed, t), table)
-            store.commit(Unit(selector, seed, t))
-
-
 def test_nan_objective_fails_that_trial_and_the_sweep_goes_on(ray_session, tmp_path):
     cfg = config_from_dict(sweep_config(trials=3, max_concurrent=3, objective="acc / acc", max_failures=1))
     space = parse_search_space({"params": {"l_u": {"type": "choice", "values": [0.5, 1.5]}}})
@@ -218,7 +189,7 @@ def test_train_placement_groups_live_as_long_as_their_controller(ray_session, tm
 # --- run: trajectory groups side by side as Tune trials ----------------------------------------------------------------
 @pytest.mark.slow
 def test_run_puts_trajectory_groups_side_by_side_as_tune_trials(ray_session, tmp_path):
-    from lhas_ray.protocol import run_experiment
+    from lhas_ray.launch import run_experiment
 
     raw = micro_config(num_workers=1, steps=10, warmup={"steps": 10, "size": 256, "lr": 3e-3})
     raw["stages"] = raw["stages"][:1]

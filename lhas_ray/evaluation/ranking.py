@@ -501,3 +501,13 @@ def write_ranking(store: ResultStore, ranking: Ranking) -> str:
     path = store.write_parquet("ranking.parquet", ranking_table(ranking))
     logger.info("wrote %s", path)
     return path
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` [n, k] that no other row beats on every column (all maximised); NaN rows are never on it."""
+    v = np.asarray(values, dtype=float)
+    ok = ~np.isnan(v).any(axis=1)
+    ge = (v[None, :, :] >= v[:, None, :]).all(axis=2)
+    gt = (v[None, :, :] > v[:, None, :]).any(axis=2)
+    dominated = (ge & gt & ok[None, :]).any(axis=1)
+    return ok & ~dominated

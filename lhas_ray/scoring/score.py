@@ -95,8 +95,3 @@ def features_table(parts: list[dict[str, np.ndarray]]) -> pa.Table:
         else:
             arrays[k] = pa.array(v.astype(np.float32))
     return pa.table(arrays)
-
-
-def sort_table(table: pa.Table) -> pa.Table:
-    """Rows ordered by example_id."""
-    return table.sort_by("example_id")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lhas_ray.config import ExperimentConfig
 from lhas_ray.tasks import builtin
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, drop_leaks
+
+if TYPE_CHECKING:  # config.py validates stages with this package's skills and domains: no import back at run time
+    from lhas_ray.config import ExperimentConfig
 
 logger = logging.getLogger("lhas_ray.tasks")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 import torch.distributed as dist
 
 
@@ -37,8 +36,3 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def all_gather_table(table: pa.Table) -> pa.Table:
-    """Concatenate every rank's pyarrow table (same schema) on every rank."""
-    return pa.concat_tables(all_gather_objects(table))

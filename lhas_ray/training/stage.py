@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
-import torch
 import torch.distributed as dist
 
 from lhas_ray.model import encode
@@ -67,8 +66,3 @@ def train_steps(
             log_eval(step + 1)
             engine.train()
     return rows
-
-
-def unwrap(engine) -> torch.nn.Module:
-    """The HF model inside a DeepSpeed engine."""
-    return engine.module

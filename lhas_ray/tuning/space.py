@@ -1,6 +1,6 @@
-"""What a sweep searches and how it scores a trial, with no Ray: search spaces, objective formulas, Pareto sets.
+"""What a sweep searches: search spaces over one selector's parameters, validated before any trial starts.
 
-**Search spaces** (``search_spaces/*.yaml``) name parameters of the ``lhas`` selector and a distribution for each::
+**Search spaces** (``lhas_ray/search_spaces/*.yaml``, found by bare name or as ``search_spaces/NAME.yaml``) name parameters of the ``lhas`` selector and a distribution for each::
 
     description: free text (optional)
     params:
@@ -10,38 +10,28 @@
       utility: {type: choice, values: [quality, neg_loss]}  # one of a list of distinct values
 
 Every bound and choice is checked against the selector's own parameter rules, so a bad space fails with a message
-naming ``params.<name>.<key>`` before any trial starts.
-
-**Objective formulas** (``tune.objective``, ``tune.immediate``) are arithmetic over trajectory metric names
-(``lhas_ray.evaluation.metrics.METRICS``): numbers, ``+ - * /`` and parentheses. A name is read at the trial's
-latest committed stage t: ``acc`` is the value at t (or at the last stage before t where it is defined: ``lca`` has
-no value at the final stage, so the probe after stage T-1 counts), ``mean_acc`` the mean over stages 1..t of the
-defined values, ``first_acc`` the value at the first stage where it is defined. A name never defined (forgetting
-with one stage) counts 0. Scores of several seeds are averaged; every objective is maximised.
-"""
+naming ``params.<name>.<key>`` before any trial starts."""
 
 from __future__ import annotations
 
-import ast
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import yaml
 
+PACKAGED_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"  # lhas_ray/search_spaces/, in the wheel too
 KINDS = ("uniform", "loguniform", "int", "choice")
+
+
 _KEYS = {
     "uniform": {"low", "high"},
     "loguniform": {"low", "high"},
     "int": {"low", "high", "step", "log"},
     "choice": {"values"},
 }
-PREFIXES = ("mean_", "first_")
 
 
 class SearchSpaceError(ValueError):
@@ -208,155 +198,14 @@ def load_search_space(path: str | os.PathLike, selector: str = "lhas") -> Search
     """Read a search-space YAML (safe loader) and validate it; SearchSpaceError names each bad key."""
     p = Path(path)
     if not p.is_file():
-        packaged = Path(__file__).resolve().parent.parent / "search_spaces" / (p.name if p.suffix else f"{p.name}.yaml")
-        if p.parent == Path(".") and packaged.is_file():
+        packaged = PACKAGED_SPACES / (p.name if p.suffix else f"{p.name}.yaml")
+        if p.parent in (Path("."), Path("search_spaces")) and packaged.is_file():
             p = packaged
         else:
-            raise SearchSpaceError(f"search space file {str(path)!r} not found")
+            known = sorted(q.stem for q in PACKAGED_SPACES.glob("*.yaml"))
+            raise SearchSpaceError(f"search space file {str(path)!r} not found (packaged spaces: {known})")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise SearchSpaceError(f"search space {p} is not valid YAML: {e}") from None
     return parse_search_space(raw, str(p), selector)
-
-
-# --- objective formulas --------------------------------------------------------------------------------------------
-_BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
-_UNARY = {ast.USub: np.negative, ast.UAdd: np.positive}
-
-
-def formula_names() -> list[str]:
-    """Every name a formula may use: each trajectory metric, plain and with the mean_ / first_ prefixes."""
-    from lhas_ray.evaluation.metrics import METRICS
-
-    return [p + m for p in ("", *PREFIXES) for m in METRICS]
-
-
-@dataclass(frozen=True)
-class Formula:
-    """A parsed objective formula; ``evaluate`` takes numbers or equally long arrays per name."""
-
-    text: str
-    tree: ast.Expression = field(compare=False, repr=False)
-    names: frozenset[str] = frozenset()
-
-    def evaluate(self, variables: Mapping[str, Any]) -> Any:
-        """The formula's value; division by zero gives inf or NaN, never an exception."""
-        with np.errstate(all="ignore"):
-            return self._eval(self.tree.body, variables)
-
-    def _eval(self, node: ast.AST, env: Mapping[str, Any]) -> Any:
-        if isinstance(node, ast.BinOp):
-            return _BINOPS[type(node.op)](self._eval(node.left, env), self._eval(node.right, env))
-        if isinstance(node, ast.UnaryOp):
-            return _UNARY[type(node.op)](self._eval(node.operand, env))
-        if isinstance(node, ast.Constant):
-            return np.float64(node.value)
-        return env[node.id]
-
-
-def parse_formula(text: str, where: str | None = None) -> Formula:
-    """Parse an objective formula; ValueError naming ``where`` (if given), the offending part and the allowed names."""
-    from lhas_ray.evaluation.metrics import METRICS
-
-    def fail(msg: str) -> ValueError:
-        return ValueError(f"{where}: {msg}" if where else msg)
-
-    if not isinstance(text, str) or not text.strip():
-        raise fail("must be a non-empty formula such as 'acc - forgetting + mean_lca'")
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        raise fail(f"{text!r} is not a formula ({e.msg})") from None
-    allowed = set(formula_names())
-    names: set[str] = set()
-    for node in ast.walk(tree.body):
-        if isinstance(node, ast.Name):
-            if node.id not in allowed:
-                raise fail(
-                    f"unknown name {node.id!r} in {text!r}; allowed: the trajectory metrics {list(METRICS)}, "
-                    "each also as mean_<metric> or first_<metric>"
-                )
-            names.add(node.id)
-        elif isinstance(node, ast.Constant):
-            if not _is_number(node.value):
-                raise fail(f"only finite numbers may appear as constants, got {node.value!r}")
-        elif isinstance(node, ast.BinOp | ast.UnaryOp):
-            if type(node.op) not in _BINOPS and type(node.op) not in _UNARY:
-                raise fail(f"operator {type(node.op).__name__} is not allowed in {text!r}; use + - * / and ()")
-        elif not isinstance(node, ast.operator | ast.unaryop | ast.expr_context):
-            raise fail(f"{type(node).__name__} is not allowed in {text!r}; use metric names, numbers, + - * / and ()")
-    return Formula(text.strip(), tree, frozenset(names))
-
-
-def stage_variables(trajectory: pd.DataFrame) -> pd.DataFrame:
-    """Formula variables per (seed, stage) of one selector's trajectory metrics: latest, mean_ and first_ forms.
-
-    NaN where a metric has not been defined yet; ``stage_scores`` counts those as 0.
-    """
-    from lhas_ray.evaluation.metrics import METRICS
-
-    wide = trajectory.pivot_table(index=["seed", "stage"], columns="metric", values="value", aggfunc="mean")
-    wide = wide.reindex(columns=list(METRICS)).sort_index()
-    parts = []
-    for _, g in wide.groupby(level="seed", sort=True):
-        latest = g.ffill()
-        mean = g.expanding().mean()
-        first = g.bfill().iloc[[0] * len(g)].set_axis(g.index).where(g.notna().cumsum() > 0)
-        parts.append(pd.concat([latest, mean.add_prefix("mean_"), first.add_prefix("first_")], axis=1))
-    return pd.concat(parts)
-
-
-def stage_scores(trajectory: pd.DataFrame, formulas: Mapping[str, Formula]) -> pd.DataFrame:
-    """Each formula's score per (seed, stage), beside each metric's latest value (NaN if never defined)."""
-    variables = stage_variables(trajectory)
-    out = variables[[c for c in variables.columns if not c.startswith(PREFIXES)]].copy()
-    filled = variables.fillna(0.0)
-    for name, formula in formulas.items():
-        value = formula.evaluate({k: filled[k].to_numpy() for k in formula.names})
-        out[name] = np.broadcast_to(np.asarray(value, dtype=float), (len(filled),))
-    return out
-
-
-# --- what a sweep found ---------------------------------------------------------------------------------------------
-def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Rows of ``values`` [n, k] that no other row beats on every column (all maximised); NaN rows are never on it."""
-    v = np.asarray(values, dtype=float)
-    ok = ~np.isnan(v).any(axis=1)
-    ge = (v[None, :, :] >= v[:, None, :]).all(axis=2)
-    gt = (v[None, :, :] > v[:, None, :]).any(axis=2)
-    dominated = (ge & gt & ok[None, :]).any(axis=1)
-    return ok & ~dominated
-
-
-def param_importances(trials: pd.DataFrame, objective: str = "objective", seed: int = 0) -> pd.Series:
-    """Optuna (fANOVA) importance of each ``param_*`` column for ``objective`` over finished trials; empty if < 3."""
-    import optuna
-
-    params = [c for c in trials.columns if c.startswith("param_")]
-    done = trials[np.isfinite(pd.to_numeric(trials.get(objective), errors="coerce").astype(float))]
-    if "status" in done:
-        done = done[done["status"] == "completed"]
-    if len(done) < 3 or not params:
-        return pd.Series(dtype=float)
-    dists = {}
-    for c in params:
-        col = done[c]
-        if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
-            dists[c] = optuna.distributions.CategoricalDistribution(sorted(set(col.tolist()), key=repr))
-        elif col.min() == col.max():
-            continue
-        elif pd.api.types.is_integer_dtype(col):
-            dists[c] = optuna.distributions.IntDistribution(int(col.min()), int(col.max()))
-        else:
-            dists[c] = optuna.distributions.FloatDistribution(float(col.min()), float(col.max()))
-    if not dists:
-        return pd.Series(dtype=float)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for _, row in done.iterrows():
-        values = {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in dists}
-        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=float(row[objective])))
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-    imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    return pd.Series({k.removeprefix("param_"): v for k, v in imp.items()}, dtype=float)

@@ -29,9 +29,9 @@ import pyarrow as pa
 import yaml
 
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
+from lhas_ray.evaluation.formulas import parse_formula, stage_scores
 from lhas_ray.evaluation.metrics import HIGHER_IS_BETTER, read_long_tables, trajectory_metrics
 from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
-from lhas_ray.search_space import parse_formula, stage_scores
 from lhas_ray.store import ResultStore
 
 log = logging.getLogger("lhas_ray.confirmation")
@@ -212,7 +212,7 @@ def confirmation_table(
 # --- the whole step ---------------------------------------------------------------------------------------------------
 def _sweep(out: str) -> tuple[ExperimentConfig, ExperimentConfig, pd.Series]:
     """The sweep's config, its best_config.yaml and its best trial's row."""
-    from lhas_ray.tuning import load_sweep
+    from lhas_ray.tuning.sweep import load_sweep
 
     store = ResultStore(out)
     cfg, _, _ = load_sweep(out)
@@ -230,7 +230,7 @@ def _sweep(out: str) -> tuple[ExperimentConfig, ExperimentConfig, pd.Series]:
 
 def plan_confirmation(cfg: ExperimentConfig, best: ExperimentConfig, scores: pd.DataFrame, seeds: list[int]):
     """The baselines (key -> role) and the held-out config, from the baseline runs' scores on the development seeds."""
-    from lhas_ray.tuning import tuned_selector
+    from lhas_ray.tuning.configs import tuned_selector
 
     myopic = best_myopic(scores)
     roles: dict[str, str] = {}
@@ -255,7 +255,8 @@ def confirm(
     ``seeds`` replaces the sweep's ``tune.heldout_seeds`` (for a sweep started without them). ``runner`` stands in
     for ``run_experiment`` in tests.
     """
-    from lhas_ray.tuning import child_uri, tuned_selector
+    from lhas_ray.tuning.configs import tuned_selector
+    from lhas_ray.tuning.trials import child_uri
 
     out = child_uri(out)
     cfg, best, best_row = _sweep(out)
@@ -269,7 +270,7 @@ def confirm(
     raw["tune"]["heldout_seeds"] = held
     config_from_dict(raw, source=f"{out}/sweep.yaml with tune.heldout_seeds = {held}")
     if runner is None:
-        from lhas_ray.protocol import run_experiment as runner
+        from lhas_ray.launch import run_experiment as runner
     bcfg = baseline_config(cfg)
     base_out = child_uri(out, BASELINES_DIR)
     log.info("confirmation 1/2: the baselines on the development seeds %s, into %s", cfg.seeds, base_out)

@@ -1,0 +1,170 @@
+"""Read and validate a run folder for its report: the committed tables, the settings its config states, and
+whether its numbers are in-sample or held-out. Refuses a folder that is not a complete run, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from lhas_ray.evaluation.metrics import (
+    missing_units,
+    read_long_tables,
+)
+from lhas_ray.store import ResultStore
+from lhas_ray.tuning.confirm import CONFIRMATION, HELDOUT, IN_SAMPLE
+
+logger = logging.getLogger("lhas_ray.report")
+
+
+_MAX_PROBLEMS = 20
+
+
+@dataclass
+class Settings:
+    """What the report needs from the run's config beyond the tables (defaults for folders that predate a field)."""
+
+    baselines: list[str]
+    forgetting: str
+    censor_at: float | None
+    resample: str
+    data_seed: int | None
+    alpha: float = 0.05
+    myopia_metrics: list[str] | None = None
+
+
+@dataclass
+class RunInputs:
+    """The validated inputs of a report."""
+
+    out: str
+    metrics: pd.DataFrame
+    curves: pd.DataFrame | None
+    timings: pd.DataFrame | None
+    trials: pd.DataFrame | None
+    lca_beta: int | None
+    threshold: float
+    settings: Settings
+    pool_leaks: pd.DataFrame | None = None
+    terms: pd.DataFrame | None = None
+    confirmation: pd.DataFrame | None = None  # OUT/confirmation.parquet of a confirmed sweep
+    sample: str | None = None  # "held-out" or "in-sample" where the run belongs to a sweep's protocol, else None
+    objective: str = ""  # tune.objective, the quantity the confirmation's headline tests
+    importances: pd.DataFrame | None = None  # OUT/importances.parquet of a sweep (param, objective, importance)
+
+
+def read_config(store: ResultStore) -> dict:
+    """The run's resolved config as a dict (safe YAML loader); ValueError if it does not parse."""
+    try:
+        cfg = yaml.safe_load(store.read_bytes("config.yaml"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{store.path('config.yaml')} is not valid YAML: {e}") from e
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def expected_units(cfg: dict) -> dict:
+    """The stage count, selector keys and seeds the resolved config promises (whatever of them it states)."""
+    out: dict = {}
+    if isinstance(cfg.get("stages"), list):
+        out["n_stages"] = len(cfg["stages"])
+    if isinstance(cfg.get("selectors"), list):
+        keys = [s.get("label") or s.get("name") for s in cfg["selectors"] if isinstance(s, dict)]
+        out["selectors"] = [k for k in keys if isinstance(k, str)]
+    if isinstance(cfg.get("seeds"), list):
+        out["seeds"] = [int(s) for s in cfg["seeds"] if isinstance(s, int)]
+    return out
+
+
+def load_run(store: ResultStore) -> RunInputs:
+    """Read and validate a run; ValueError naming what is missing when it is not a complete run."""
+    if not store.is_run():
+        raise ValueError(f"{store.uri} is not a lhas_ray run: it has no config.yaml")
+    cfg = read_config(store)
+    ev = cfg.get("evaluation") or {}
+    lca_beta, threshold = ev.get("lca_beta"), ev.get("probe_threshold", 0.5)
+    if lca_beta is not None and (not isinstance(lca_beta, int) or lca_beta < 0):
+        raise ValueError(f"config.yaml: evaluation.lca_beta must be a non-negative integer or null; got {lca_beta!r}")
+    if not isinstance(threshold, int | float):
+        raise ValueError(f"config.yaml: evaluation.probe_threshold must be a number; got {threshold!r}")
+    metrics, curves, timings = read_long_tables(store)
+    if metrics is None:
+        raise ValueError(f"{store.uri}: the run has no committed metrics (metrics.parquet is missing or uncommitted)")
+    problems = missing_units(metrics, **expected_units(cfg))
+    if problems:
+        shown = problems[:_MAX_PROBLEMS]
+        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise ValueError(f"{store.uri}: incomplete run, cannot report. Missing:\n  - " + "\n  - ".join(shown) + more)
+    trials = None
+    if store.exists("trials.parquet"):
+        trials = pq.read_table(store.path("trials.parquet"), filesystem=store.fs).to_pandas()
+    leaks = None
+    if store.exists("pool_leaks.parquet"):
+        leaks = pq.read_table(store.path("pool_leaks.parquet"), filesystem=store.fs).to_pandas()
+    terms = store.read_table("terms")
+    confirmation, importances = (
+        store.read_parquet(name).to_pandas() if store.exists(name) else None
+        for name in (CONFIRMATION, "importances.parquet")
+    )
+    tune_cfg = cfg.get("tune") or {}
+    return RunInputs(
+        store.uri,
+        metrics,
+        curves,
+        timings,
+        trials,
+        lca_beta,
+        float(threshold),
+        settings_from(cfg),
+        leaks,
+        None if terms is None else terms.to_pandas(),
+        confirmation,
+        run_sample(cfg, trials is not None),
+        str(tune_cfg.get("objective", "")),
+        importances,
+    )
+
+
+def run_sample(cfg: dict, is_sweep: bool) -> str | None:
+    """Whether a run's numbers are held-out (a confirmation: it names the development seeds it avoids), in-sample (a
+    sweep, or a run on the development seeds of a config that holds seeds out), or neither (a plain run: None)."""
+    tune = cfg.get("tune") or {}
+    if tune.get("development_seeds"):
+        return HELDOUT
+    return IN_SAMPLE if is_sweep or tune.get("heldout_seeds") else None
+
+
+SAMPLE_TEXT = {
+    HELDOUT: "held-out: seeds the sweep never saw, each with a fresh data draw",
+    IN_SAMPLE: "in-sample: the development seeds the weights were tuned on (optimistic for tuned selectors)",
+}
+
+
+def settings_from(cfg: dict) -> Settings:
+    """The report's settings from the resolved config: baselines, forgetting variant, censoring, data draws."""
+    ev, data, probe = cfg.get("evaluation") or {}, cfg.get("data") or {}, cfg.get("probe") or {}
+    baselines = ev.get("baselines", ["random"])
+    forgetting = ev.get("forgetting", "since_trained")
+    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+        raise ValueError(f"config.yaml: evaluation.baselines must be a list of selector keys; got {baselines!r}")
+    if forgetting not in ("since_trained", "any_earlier"):
+        raise ValueError(f"config.yaml: evaluation.forgetting must be since_trained or any_earlier; got {forgetting!r}")
+    steps = probe.get("steps")
+    myopia_metrics = ev.get("myopia_metrics")
+    if myopia_metrics is not None and not (
+        isinstance(myopia_metrics, list) and all(isinstance(m, str) for m in myopia_metrics)
+    ):
+        raise ValueError(
+            f"config.yaml: evaluation.myopia_metrics must be a list of metric names; got {myopia_metrics!r}"
+        )
+    return Settings(
+        baselines=baselines,
+        forgetting=forgetting,
+        censor_at=float(steps) + 1 if isinstance(steps, int) else None,
+        resample=data.get("resample", "fixed"),
+        data_seed=data.get("seed", 0),
+        myopia_metrics=myopia_metrics,
+    )

@@ -1,0 +1,97 @@
+"""Ray Tune plumbing shared by ``run``'s side-by-side trajectory groups and the sweep's trials.
+
+A trial launches its own Train run (Train V2: ``TorchTrainer.fit()`` inside the trial), so the trial itself holds no
+CPU and the number of trials at once comes from the cluster's resources. Tune's state lives under ``OUT/_tune/``,
+through the results store's filesystem (local, ``file://``, ``s3://``, ``gs://``)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Callable
+
+import pyarrow.fs as pafs
+import ray
+from ray import tune
+from ray.tune.logger import TBXLoggerCallback
+
+from lhas_ray.config import ExperimentConfig
+from lhas_ray.store import ResultStore
+
+TUNE_DIR = "_tune"
+TRIAL_MEMORY = 256 * 1024**2  # bytes a trial (the driver of its Train run) reserves; it reserves no CPU
+
+
+def trial_resources(fn: Callable, **params):
+    """``fn`` as Tune's trainable: ``params`` in the object store, no CPU of its own (its Train run has them).
+
+    Tune needs some resource per trial, so the trial asks for the memory of its driver process (256 MiB) only.
+    """
+    return tune.with_resources(tune.with_parameters(fn, **params), {"CPU": 0, "memory": TRIAL_MEMORY})
+
+
+def child_uri(out: str, *parts: str) -> str:
+    """A path under ``out`` that every process can open: absolute for local paths, the same scheme for URIs."""
+    if "://" in out:
+        return posixpath.join(out.rstrip("/"), *parts)
+    return os.path.join(os.path.abspath(out), *parts)
+
+
+def max_cluster_resources() -> dict[str, float]:
+    """The cluster's resources at its largest: the autoscaler's maximum if it has one, else what is there now."""
+    try:
+        from ray._private.state import state
+
+        biggest = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 (a private API: any failure means "no autoscaler information")
+        biggest = None
+    return dict(biggest) if biggest else dict(ray.cluster_resources())
+
+
+def trial_concurrency(cfg: ExperimentConfig, resources: dict[str, float] | None = None) -> int:
+    """Trials at once: tune.max_concurrent, else as many Train runs (workers x CPUs/GPUs each) as the cluster fits."""
+    if cfg.tune.max_concurrent:
+        return cfg.tune.max_concurrent
+    res = resources if resources is not None else max_cluster_resources()
+    t = cfg.training
+    n = int(res.get("CPU", 0) // (t.num_workers * t.cpus_per_worker))
+    if t.use_gpu:
+        n = min(n, int(res.get("GPU", 0) // t.num_workers))
+    return max(1, n)
+
+
+class _NoTensorBoard(TBXLoggerCallback):
+    """Stands in for Tune's TensorBoard logger: each run folder has its own, and Tune's warns on every inf."""
+
+    def __init__(self):
+        pass
+
+    def log_trial_start(self, trial) -> None:
+        pass
+
+    def log_trial_result(self, iteration, trial, result) -> None:
+        pass
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        pass
+
+
+def tune_callbacks() -> list:
+    """Tune's default loggers minus TensorBoard.
+
+    A trial that ASHA stops takes its Train controller with it; Ray Train's own placement-group cleaner (which asks
+    the dashboard's state API, so init_ray starts the dashboard) frees the CPUs/GPUs that controller's run held.
+    """
+    return [_NoTensorBoard()]
+
+
+def tune_storage(store: ResultStore) -> tuple[str, pafs.FileSystem | None]:
+    """Tune's storage_path (and filesystem for object stores) under the store's folder."""
+    local = store.local_path(TUNE_DIR)
+    return (local, None) if local else (store.path(TUNE_DIR), store.fs)
+
+
+def trial_name(trial) -> str:
+    """``t<number>_<trial_id>``: the trial's place in the sweep (kept across restores), then Tune's unique id."""
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return f"t{int(number):03d}_{trial.trial_id}" if number.isdigit() else str(trial.trial_id)

@@ -1,0 +1,86 @@
+"""Helpers shared by test modules (which never import each other): small configs, stand-in protocols, and a
+plain-Python reference of the built-in skills."""
+
+from __future__ import annotations
+
+import sys
+
+import pyarrow as pa
+import ray.cloudpickle
+
+from lhas_ray.store import ResultStore, Unit
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in protocols run inside Tune trials
+
+
+def micro_config(model_name: str = "tiny-gpt2", **training) -> dict:
+    """2 stages, 2 selectors, 1 seed, a few dozen steps: the whole protocol in well under a minute."""
+    stage = {"budget": 64, "pool": {"size": 256}, "eval_size": 32, "ood_size": 8, "probe_size": 32}
+    return {
+        "name": "micro",
+        "model": {"name": model_name, "n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 24},
+        "data": {"seed": 0, "min_len": 2, "max_len": 4},
+        "stages": [{"name": "rev", "targets": ["reverse"], **stage}, {"name": "srt", "targets": ["sort"], **stage}],
+        "selectors": [{"name": "random"}, {"name": "loss_high"}],
+        "seeds": [0],
+        "training": {
+            "steps": 30,
+            "lr": 3e-3,
+            "batch_size": 16,
+            "num_workers": 2,
+            "eval_every": 10,
+            "warmup": {"steps": 30, "size": 256, "lr": 3e-3},
+            **training,
+        },
+        "probe": {"steps": 6, "eval_every": 3},
+        "scoring": {"batch_size": 64},
+        "evaluation": {"general_size": 8},  # 8 of each of the 8 skills: every capability measured, kept cheap
+    }
+
+
+def sweep_config(**tune) -> dict:
+    """The micro protocol with one Train worker, an lhas selector with a non-default param, and a small sweep."""
+    raw = micro_config(num_workers=1, steps=20, warmup={"steps": 20, "size": 256, "lr": 3e-3})
+    raw["selectors"] = [{"name": "random"}, {"name": "lhas", "params": {"knn": 16, "l_c": 0.5}}]
+    raw["tune"] = {"trials": 2, "max_concurrent": 1, "scheduler": "fifo", "seed": 0, **tune}
+    raw["tune"] = {"heldout_seeds": [9], "confirm_baselines": ["random"], **raw["tune"]}
+    return raw
+
+
+def fake_protocol(cfg, out, data, group, fixed, name, callbacks):
+    """Commit every unit with accuracy 0.5 if l_u >= 1 else 0 (so 'acc / acc' is 1 or NaN), as the protocol would."""
+    store = ResultStore(out)
+    acc = 0.5 if cfg.selectors[0].params["l_u"] >= 1 else 0.0
+    n = len(cfg.stages)
+    for selector, seed in group:
+        for t in range(n + 1):
+            rows = [(selector, seed, t, f"eval/stage{j}", j, "all", "accuracy", acc) for j in range(1, n + 1)]
+            cols = ["selector", "seed", "stage", "eval_set", "eval_stage", "skill", "metric", "value"]
+            table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
+            store.write_part("metrics", Unit(selector, seed, t), table)
+            store.commit(Unit(selector, seed, t))
+
+
+def reference_answer(skill: str, x: str) -> str:
+    """A plain-Python reference implementation of each skill."""
+    if skill == "copy":
+        return x
+    if skill == "reverse":
+        return x[::-1]
+    if skill == "sort":
+        return "".join(sorted(x))
+    if skill == "sort_reverse":
+        return "".join(sorted(x))[::-1]
+    if skill == "add":
+        a, c = x.split("+")
+        return str(int(a) + int(c))
+    if skill == "reverse_add":
+        a, c = x.split("+")
+        return str(int(a[::-1]) + int(c[::-1]))
+    if skill == "count":
+        s, q = x.split("/")
+        return str(s.count(q))
+    if skill == "lookup":
+        pairs, q = x.split("/")
+        return dict(zip(pairs[::2], pairs[1::2], strict=True))[q]
+    raise AssertionError(skill)
