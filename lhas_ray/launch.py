@@ -38,6 +38,8 @@ def ensure_same_run(store: ResultStore, cfg: ExperimentConfig) -> None:
     The stored config is compared as a validated config, so a folder written before a later version added a setting
     with a default still resumes.
     """
+    if store.exists("sweep.yaml"):
+        raise ValueError(f"{store.uri} holds a sweep (sweep.yaml); use a fresh --output for a run")
     if not store.is_run():
         store.write_bytes("config.yaml", dump_config(cfg).encode())
         return

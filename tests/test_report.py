@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -466,3 +467,65 @@ def test_a_declared_myopia_family_is_the_one_tested(tmp_path):
     ranking = pd.read_parquet(os.path.join(out, "ranking.parquet"))
     myopia = ranking[(ranking.kind == "myopia") & (ranking.statistic == "p_value_holm")]
     assert set(myopia.metric) == {"acc"} and len(myopia) == 2
+
+
+def _rewritten_sweep(sweep: str, dest: str, top: list[str]) -> None:
+    """The reference: how sweeps used to be reported, by copying the top trials' parts into one run folder, each
+    trial's rows relabelled with its id (kept here to check that reading the trial folders gives the same report)."""
+    src_cfg = yaml.safe_load(open(os.path.join(sweep, "sweep.yaml")))["config"]
+    store = ResultStore(dest)
+    store.write_bytes(
+        "config.yaml", yaml.safe_dump({**src_cfg, "selectors": [{"name": "lhas", "label": t} for t in top]}).encode()
+    )
+    store.write_bytes("trials.parquet", open(os.path.join(sweep, "trials.parquet"), "rb").read())
+    for trial in top:
+        src = ResultStore(os.path.join(sweep, "trials", trial))
+        for unit in src.committed_units():
+            dest_unit = Unit(trial, unit.seed, unit.stage)
+            for name in ("metrics", "curves", "timings"):
+                part = f"{name}.parquet/{unit.key}.parquet"
+                if src.exists(part):
+                    table = src.read_parquet(part)
+                    idx = table.column_names.index("selector")
+                    store.write_part(
+                        name, dest_unit, table.set_column(idx, "selector", pa.array([trial] * table.num_rows))
+                    )
+            store.commit(dest_unit)
+
+
+def test_a_sweep_is_reported_from_its_trial_folders_as_the_rewritten_folder_was(tmp_path):
+    sweep = str(tmp_path / "sweep")
+    names = ["t001_a", "t002_b", "t003_c"]
+    cfg = default_config(selectors=("lhas",))
+    cfg["tune"] = {"report_top": 2}
+    os.makedirs(sweep)
+    with open(os.path.join(sweep, "sweep.yaml"), "w") as f:
+        yaml.safe_dump({"config": cfg, "space": {}, "trials": 3}, f)
+    for name in names:  # each trial folder holds one selector; its name sets the synthetic trajectory
+        build_synthetic_run(os.path.join(sweep, "trials", name), selectors=[name])
+    trials = pa.table(
+        {
+            "trial": names,
+            "trial_number": [1, 2, 3],
+            "status": ["completed", "completed", "completed"],
+            "objective": [0.3, 0.1, 0.5],
+            "immediate_score": [0.2, 0.4, 0.1],
+            "run": [f"trials/{n}" for n in names],
+        }
+    )
+    pq.write_table(trials, os.path.join(sweep, "trials.parquet"))
+    ref = str(tmp_path / "rewritten")
+    _rewritten_sweep(sweep, ref, ["t003_c", "t001_a"])  # the best two by objective
+    write_report(sweep, tensorboard=False)
+    write_report(ref, tensorboard=False)
+    for name in ("trajectory.parquet", "ranking.parquet"):
+        a, b = (pd.read_parquet(os.path.join(d, name)) for d in (sweep, ref))
+        keys = list(a.columns)
+        pd.testing.assert_frame_equal(
+            a.sort_values(keys, na_position="first").reset_index(drop=True),
+            b.sort_values(keys, na_position="first").reset_index(drop=True),
+        )
+    assert set(pd.read_parquet(os.path.join(sweep, "trajectory.parquet"))["selector"]) == {"t003_c", "t001_a"}
+    assert not os.path.exists(os.path.join(sweep, "metrics.parquet"))  # nothing was copied into the sweep folder
+    md = [open(os.path.join(d, "report.md")).read().replace(d, "OUT") for d in (sweep, ref)]
+    assert md[0] == md[1]

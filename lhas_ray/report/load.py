@@ -5,10 +5,10 @@ whether its numbers are in-sample or held-out. Refuses a folder that is not a co
 from __future__ import annotations
 
 import logging
+import posixpath
 from dataclasses import dataclass
 
 import pandas as pd
-import pyarrow.parquet as pq
 import yaml
 
 from lhas_ray.evaluation.metrics import (
@@ -79,18 +79,62 @@ def expected_units(cfg: dict) -> dict:
     return out
 
 
+def _relabelled(df: pd.DataFrame | None, label: str) -> pd.DataFrame | None:
+    return None if df is None else df.assign(selector=label)
+
+
+def _concat(frames: list[pd.DataFrame | None]) -> pd.DataFrame | None:
+    present = [f for f in frames if f is not None]
+    return pd.concat(present, ignore_index=True) if present else None
+
+
+def read_runs(runs: list[tuple[str, ResultStore]]) -> dict[str, pd.DataFrame | None]:
+    """The committed long tables of several run folders of one selector each, side by side: every row's selector
+    becomes the run's label (a sweep's trials, each a run of ``lhas``, compared as ``t003_...``, ``t007_...``)."""
+    tables: dict[str, list] = {"metrics": [], "curves": [], "timings": [], "terms": []}
+    for label, run in runs:
+        metrics, curves, timings = read_long_tables(run)
+        terms = run.read_table("terms")
+        for name, df in zip(tables, (metrics, curves, timings, terms.to_pandas() if terms else None), strict=True):
+            tables[name].append(_relabelled(df, label))
+    return {name: _concat(frames) for name, frames in tables.items()}
+
+
+def sweep_runs(store: ResultStore, cfg: dict) -> list[tuple[str, ResultStore]]:
+    """The sweep's best ``tune.report_top`` completed trials (by objective), each as (trial id, its run folder)."""
+    trials = store.read_parquet("trials.parquet").to_pandas()
+    done = trials[trials["status"] == "completed"]
+    top = done.nlargest(int((cfg.get("tune") or {}).get("report_top", 8)), "objective")
+    if top.empty:
+        raise ValueError(f"{store.uri}: the sweep has no completed trial to report")
+    return [(str(row.trial), ResultStore(posixpath.join(store.uri, str(row.run)))) for row in top.itertuples()]
+
+
 def load_run(store: ResultStore) -> RunInputs:
-    """Read and validate a run; ValueError naming what is missing when it is not a complete run."""
-    if not store.is_run():
+    """Read and validate a run, or a sweep (its best trials' own folders side by side); ValueError naming what is
+    missing when it is not a complete run."""
+    if store.exists("sweep.yaml"):
+        cfg = (yaml.safe_load(store.read_bytes("sweep.yaml")) or {}).get("config") or {}
+        runs = sweep_runs(store, cfg)
+        cfg = {**cfg, "selectors": [{"name": "lhas", "label": label} for label, _ in runs]}
+        leaks_from = runs[0][1]
+    elif store.is_run():
+        cfg, runs, leaks_from = read_config(store), None, store
+    else:
         raise ValueError(f"{store.uri} is not a lhas_ray run: it has no config.yaml")
-    cfg = read_config(store)
     ev = cfg.get("evaluation") or {}
     lca_beta, threshold = ev.get("lca_beta"), ev.get("probe_threshold", 0.5)
     if lca_beta is not None and (not isinstance(lca_beta, int) or lca_beta < 0):
         raise ValueError(f"config.yaml: evaluation.lca_beta must be a non-negative integer or null; got {lca_beta!r}")
     if not isinstance(threshold, int | float):
         raise ValueError(f"config.yaml: evaluation.probe_threshold must be a number; got {threshold!r}")
-    metrics, curves, timings = read_long_tables(store)
+    if runs is None:
+        metrics, curves, timings = read_long_tables(store)
+        terms = store.read_table("terms")
+        terms = None if terms is None else terms.to_pandas()
+    else:
+        t = read_runs(runs)
+        metrics, curves, timings, terms = t["metrics"], t["curves"], t["timings"], t["terms"]
     if metrics is None:
         raise ValueError(f"{store.uri}: the run has no committed metrics (metrics.parquet is missing or uncommitted)")
     problems = missing_units(metrics, **expected_units(cfg))
@@ -98,17 +142,12 @@ def load_run(store: ResultStore) -> RunInputs:
         shown = problems[:_MAX_PROBLEMS]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         raise ValueError(f"{store.uri}: incomplete run, cannot report. Missing:\n  - " + "\n  - ".join(shown) + more)
-    trials = None
-    if store.exists("trials.parquet"):
-        trials = pq.read_table(store.path("trials.parquet"), filesystem=store.fs).to_pandas()
-    leaks = None
-    if store.exists("pool_leaks.parquet"):
-        leaks = pq.read_table(store.path("pool_leaks.parquet"), filesystem=store.fs).to_pandas()
-    terms = store.read_table("terms")
-    confirmation, importances = (
+    trials, leaks, confirmation, importances = (
         store.read_parquet(name).to_pandas() if store.exists(name) else None
-        for name in (CONFIRMATION, "importances.parquet")
+        for name in ("trials.parquet", "pool_leaks.parquet", CONFIRMATION, "importances.parquet")
     )
+    if leaks is None and leaks_from.exists("pool_leaks.parquet"):  # a sweep's trials share the data draws
+        leaks = leaks_from.read_parquet("pool_leaks.parquet").to_pandas()
     tune_cfg = cfg.get("tune") or {}
     return RunInputs(
         store.uri,
@@ -120,7 +159,7 @@ def load_run(store: ResultStore) -> RunInputs:
         float(threshold),
         settings_from(cfg),
         leaks,
-        None if terms is None else terms.to_pandas(),
+        terms,
         confirmation,
         run_sample(cfg, trials is not None),
         str(tune_cfg.get("objective", "")),

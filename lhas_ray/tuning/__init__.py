@@ -15,7 +15,7 @@ results store and ``pyarrow.fs``)::
     OUT/pareto.parquet         completed trials no other completed trial beats on both immediate and objective
     OUT/importances.parquet    Optuna's fANOVA importance of each parameter for each objective
     OUT/best_config.yaml       the user's config with the best weights: ``lhas-ray run`` accepts it as is
-    OUT/config.yaml, OUT/metrics.parquet/, ...  the best ``tune.report_top`` completed trials as one run (one
-                               selector per trial), so ``lhas-ray report OUT`` compares them and adds the tuning section
+    OUT/report.html, ...       ``lhas-ray report OUT``: the best ``tune.report_top`` completed trials, read from their
+                               own folders side by side (one selector per trial), and the tuning section
     OUT/baselines/, OUT/confirm/, OUT/confirm_config.yaml, OUT/confirmation.parquet   the held-out confirmation
 """

@@ -1,5 +1,5 @@
-"""What a sweep leaves behind: trials.parquet, pareto.parquet, importances.parquet, best_config.yaml, the top trials as
-one run folder (so ``lhas-ray report OUT`` compares them), and the closing text of ``lhas-ray tune``."""
+"""What a sweep leaves behind: trials.parquet, pareto.parquet, importances.parquet, best_config.yaml, and the closing
+text of ``lhas-ray tune``. ``lhas-ray report OUT`` compares the best trials from their own folders."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lhas_ray.config import ExperimentConfig, config_from_dict, dump_config
+from lhas_ray.config import ExperimentConfig, dump_config
 from lhas_ray.evaluation.metrics import METRICS
 from lhas_ray.evaluation.ranking import pareto_mask
-from lhas_ray.store import TABLES, ResultStore, Unit
-from lhas_ray.tuning.configs import best_config, trial_config, tuned_selector
+from lhas_ray.store import ResultStore
+from lhas_ray.tuning.configs import best_config, trial_config
 from lhas_ray.tuning.scores import (
     IMMEDIATE,
     OBJECTIVE,
@@ -89,7 +89,7 @@ def _score_row(cfg: ExperimentConfig, out: str, trial_id: str, params: dict, err
 
 
 def write_sweep_outputs(cfg: ExperimentConfig, space: SearchSpace, out: str, rows: list[dict]) -> SweepResult:
-    """trials.parquet, pareto.parquet, importances.parquet, best_config.yaml and the top trials as one run."""
+    """trials.parquet, pareto.parquet, importances.parquet and best_config.yaml (the report reads the trial folders)."""
     store = ResultStore(out)
     trials = pd.DataFrame(rows).sort_values("trial_number", kind="stable").reset_index(drop=True)
     store.write_parquet("trials.parquet", pa.Table.from_pandas(trials, preserve_index=False))
@@ -116,51 +116,12 @@ def write_sweep_outputs(cfg: ExperimentConfig, space: SearchSpace, out: str, row
             f"# Run it with: lhas-ray run best_config.yaml --output OUT\n"
         )
         store.write_bytes("best_config.yaml", (text + dump_config(best_config(cfg, params))).encode())
-        write_sweep_run(cfg, out, done.nlargest(cfg.tune.report_top, OBJECTIVE))
     return SweepResult(out, trials, front.reset_index(drop=True), best)
 
 
 def _plain(v):
     """A numpy scalar as the Python value YAML writes plainly."""
     return v.item() if hasattr(v, "item") else v
-
-
-def write_sweep_run(cfg: ExperimentConfig, out: str, top: pd.DataFrame) -> None:
-    """Make OUT a run of the top trials, one lhas selector labelled by trial id each, so the report compares them."""
-    store = ResultStore(out)
-    params_cols = [c for c in top.columns if c.startswith("param_")]
-    base = tuned_selector(cfg)
-    selectors = [
-        {
-            "name": "lhas",
-            "label": row.trial,
-            "params": {**base.params, **{c.removeprefix("param_"): _plain(getattr(row, c)) for c in params_cols}},
-        }
-        for row in top.itertuples(index=False)
-    ]
-    raw = cfg.model_dump(mode="json")
-    raw.update({"name": f"{cfg.name}-sweep", "selectors": selectors, "output": None})
-    raw["tune"]["heldout_seeds"] = []  # the top trials side by side; the report knows a sweep by trials.parquet
-    agg = config_from_dict(raw, source="sweep run")
-    labels = {s["label"] for s in selectors}
-    for key in store.committed_keys():  # trials that dropped out of the top since the last time
-        if key.split("__")[0] not in labels:
-            store.fs.delete_file(store.path("_committed", f"{key}.json"))
-    store.write_bytes("config.yaml", dump_config(agg).encode())
-    for trial_id in top["trial"]:
-        src = ResultStore(child_uri(out, "trials", trial_id))
-        for unit in src.committed_units():
-            dest = Unit(trial_id, unit.seed, unit.stage)
-            if store.is_committed(dest):
-                continue
-            for name in TABLES:
-                part = f"{name}.parquet/{unit.key}.parquet"
-                if src.exists(part):
-                    table = src.read_parquet(part)
-                    idx = table.column_names.index("selector")
-                    table = table.set_column(idx, "selector", pa.array([trial_id] * table.num_rows, pa.string()))
-                    store.write_part(name, dest, table)
-            store.commit(dest)
 
 
 def sweep_summary(result: SweepResult, cfg: ExperimentConfig) -> str:
