@@ -83,25 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def accuracy_matrices(out: str) -> str:
-    """The closing table: R[t, j] per selector (mean over seeds), as text."""
+def accuracy_text(out: str) -> str:
+    """The closing table: R[t, j] per selector (mean over seeds, evaluation.metrics.mean_accuracy_matrices), as text."""
     import pandas as pd
 
+    from lhas_ray.evaluation.metrics import mean_accuracy_matrices
     from lhas_ray.store import ResultStore
 
     table = ResultStore(out).read_table("metrics")
     if table is None:
         return "(no committed results)"
     df = table.to_pandas()
-    df = df[(df.metric == "accuracy") & (df.skill == "all") & df.eval_stage.notna()]
+    seeds = df.groupby("selector")["seed"].nunique()
     lines = []
-    for selector, g in df.groupby("selector", sort=True):
-        mat = g.pivot_table(index="stage", columns="eval_stage", values="value", aggfunc="mean")
-        mat.columns = [f"eval{int(c)}" for c in mat.columns]
-        mat.index = [f"after stage {i}" for i in mat.index]
-        n_seeds = g.seed.nunique()
-        lines.append(f"\n{selector}  (accuracy, mean of {n_seeds} seed{'s' if n_seeds > 1 else ''})")
-        lines.append(pd.DataFrame(mat).to_string(float_format=lambda v: f"{v:.3f}"))
+    for selector, R in mean_accuracy_matrices(df).items():
+        mat = pd.DataFrame(R[:, 1:], columns=[f"eval{j}" for j in range(1, R.shape[1])])
+        mat.index = [f"after stage {i}" for i in range(R.shape[0])]
+        n = int(seeds[selector])
+        lines.append(f"\n{selector}  (accuracy, mean of {n} seed{'s' if n > 1 else ''})")
+        lines.append(mat.to_string(float_format=lambda v: f"{v:.3f}"))
     return "\n".join(lines)
 
 
@@ -111,7 +111,7 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool) -> 
     start = time.perf_counter()
     run_experiment(cfg, out, address)
     print(f"\nfinished in {time.perf_counter() - start:.0f}s; results in {out}")
-    print(accuracy_matrices(out))
+    print(accuracy_text(out))
     if report:
         from lhas_ray.report import write_report
 

@@ -22,6 +22,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
 from lhas_ray.local_ray import start_local_ray
 from lhas_ray.progress import quiet_libraries
@@ -166,7 +167,7 @@ def run_data(cfg: ExperimentConfig, suites: dict[int, Suite]) -> RunData:
     return RunData(light, pools, table)
 
 
-POOL_LEAKS_SCHEMA = pa.schema([("seed", pa.int64()), ("stage", pa.int64()), ("rows_removed", pa.int64())])
+POOL_LEAKS_SCHEMA = schemas.POOL_LEAKS
 
 
 def run_experiment(cfg: ExperimentConfig, out: str, address: str | None = None) -> ResultStore:

@@ -20,6 +20,7 @@ from lhas_ray.config import ExperimentConfig
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
 from lhas_ray.model import build_model, with_adapters
 from lhas_ray.progress import Progress, Timer, quiet_libraries, worker_start_seconds
+from lhas_ray.schemas import LONG_TABLES, SELECTIONS, conform, rows_table
 from lhas_ray.scoring.features import select_grad_params
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.scoring.shards import score_shard, score_spread
@@ -55,19 +56,6 @@ def adam_selectors(cfg: ExperimentConfig) -> set[str]:
 def pool_key(cfg: ExperimentConfig, seed: int, t: int) -> str:
     """The Ray Dataset name of stage t's pool for trajectory seed ``seed`` (seeds that share a data draw share it)."""
     return f"pool_d{cfg.data_seed(seed)}_{t}"
-
-
-def _rows_table(rows: list[dict], **keys) -> pa.Table:
-    """Long-format rows plus the unit's key columns."""
-    n = len(rows)
-    cols = {k: [v] * n for k, v in keys.items()}
-    for name in rows[0] if rows else []:
-        cols[name] = [r[name] for r in rows]
-    table = pa.table(cols)
-    for name in ("seed", "stage", "step", "eval_stage"):
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.int64()))
-    return table
 
 
 class TrajectoryRunner:
@@ -106,7 +94,7 @@ class TrajectoryRunner:
             keys = {"selector": unit.selector, "seed": unit.seed, "stage": unit.stage}
             for name, rows in (("metrics", metrics), ("curves", curves), ("timings", timings), ("terms", terms)):
                 if rows:
-                    self.store.write_part(name, unit, _rows_table(rows, **keys))
+                    self.store.write_part(name, unit, rows_table(rows, LONG_TABLES[name], **keys))
             for relpath, table in (extra or {}).items():
                 self.store.write_parquet(relpath, table)
             log_curves(self.store, unit, curves or [])
@@ -251,6 +239,7 @@ class TrajectoryRunner:
         sel_table = selected.select(["example_id", "skill", "tags"]).append_column(
             "order", pa.array(np.arange(len(ids), dtype=np.int64))
         )
+        sel_table = conform(sel_table, SELECTIONS, f"selections of {selector_key} seed {seed} stage {t}")
         extra = {
             f"selections/{selector_key}/s{seed}/stage{t}.parquet": sel_table,
             f"features/{selector_key}/s{seed}/stage{t}.parquet": features,

@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-TABLES = ("metrics", "curves", "timings")
+from lhas_ray.schemas import LONG_TABLES, conform
+
+TABLES = ("metrics", "curves", "timings")  # the long tables every unit writes (terms: LHAS units only)
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -103,7 +105,11 @@ class ResultStore:
 
     # --- units: parts and commit markers -------------------------------------------------------------
     def write_part(self, table_name: str, unit: Unit, table: pa.Table) -> None:
-        """Write this unit's rows of a long table; the part is ignored until ``commit`` marks the unit."""
+        """Write this unit's rows of a long table, cast to its declared schema (a part whose columns differ is
+        refused); the part is ignored until ``commit`` marks the unit."""
+        if table_name not in LONG_TABLES:
+            raise ValueError(f"unknown long table {table_name!r}; long tables: {sorted(LONG_TABLES)}")
+        table = conform(table, LONG_TABLES[table_name], f"{table_name} part of {unit.key}")
         self.write_parquet(f"{table_name}.parquet/{unit.key}.parquet", table)
 
     def commit(self, unit: Unit, info: dict | None = None) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from lhas_ray import schemas  # the output contract, declared once in the package
 from lhas_ray.store import ResultStore, Unit
 
 SKILLS = ("copy", "reverse", "sort", "add", "count", "lookup")  # every skill of the suite: the general set's
@@ -31,38 +32,9 @@ DEFAULT_SELECTORS = ("random", "loss", "rds")
 FOCUS = {"random": 0.3, "loss": 0.2, "rds": 0.95, "less": 0.8, "lhas": 0.45, "kcenter": 0.1, "facility": 0.25}
 PHASES = ("scoring", "selection", "training", "evaluation", "probe")
 
-METRICS_SCHEMA = pa.schema(
-    [
-        ("selector", pa.string()),
-        ("seed", pa.int64()),
-        ("stage", pa.int64()),
-        ("eval_set", pa.string()),
-        ("eval_stage", pa.int64()),
-        ("skill", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-CURVES_SCHEMA = pa.schema(
-    [
-        ("selector", pa.string()),
-        ("seed", pa.int64()),
-        ("stage", pa.int64()),
-        ("step", pa.int64()),
-        ("split", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-TIMINGS_SCHEMA = pa.schema(
-    [
-        ("selector", pa.string()),
-        ("seed", pa.int64()),
-        ("stage", pa.int64()),
-        ("phase", pa.string()),
-        ("seconds", pa.float64()),
-    ]
-)
+METRICS_SCHEMA = schemas.METRICS
+CURVES_SCHEMA = schemas.CURVES
+TIMINGS_SCHEMA = schemas.TIMINGS
 
 
 def _focus(selector: str) -> float:

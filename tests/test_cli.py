@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lhas_ray.cli import accuracy_matrices, main
+from lhas_ray.cli import accuracy_text, main
 from tests.synthetic_run import build_synthetic_run
 
 
@@ -32,6 +32,6 @@ def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_closing_table_shows_each_selectors_matrix(tmp_path):
     out = str(tmp_path / "run")
     build_synthetic_run(out, selectors=["random", "rds"], seeds=[0, 1], n_stages=2)
-    text = accuracy_matrices(out)
+    text = accuracy_text(out)
     assert "random  (accuracy, mean of 2 seeds)" in text and "rds" in text
     assert "after stage 2" in text and "eval2" in text

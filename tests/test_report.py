@@ -401,7 +401,7 @@ def test_uncommitted_parts_do_not_count(tmp_path):
     out = str(tmp_path)
     store = build_synthetic_run(out, selectors=("random",), seeds=(0,), n_stages=2, drop=[("random", 0, 2)])
     # a crashed stage: its parts are on disk but its commit marker is not
-    store.write_part("metrics", Unit("random", 0, 2), pa.table({"x": [1]}))
+    store.write_parquet(f"metrics.parquet/{Unit('random', 0, 2).key}.parquet", pa.table({"x": [1]}))
     with pytest.raises(ValueError, match=r"missing stage\(s\) \[2\]"):
         write_report(out)
     _assert_nothing_written(out)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from lhas_ray.schemas import CURVES, METRICS
 from lhas_ray.store import ResultStore, Unit
 
 
-def _rows(n: int, value: float) -> pa.Table:
-    return pa.table({"metric": ["accuracy"] * n, "value": [value] * n})
+def _rows(n: int, value: float, schema: pa.Schema = METRICS) -> pa.Table:
+    """n rows of the declared schema: every column null but metric and value."""
+    cols = {f.name: pa.nulls(n, f.type) for f in schema}
+    return pa.table({**cols, "metric": ["accuracy"] * n, "value": [value] * n}, schema=schema)
 
 
 @pytest.mark.parametrize("scheme", ["path", "file"])
@@ -29,8 +32,8 @@ def test_only_committed_units_are_read(tmp_path, scheme):
 def test_rewriting_a_part_replaces_it(tmp_path):
     store = ResultStore(str(tmp_path))
     unit = Unit("loss_high", 3, 0)
-    store.write_part("curves", unit, _rows(5, 0.0))
-    store.write_part("curves", unit, _rows(2, 1.0))
+    store.write_part("curves", unit, _rows(5, 0.0, CURVES))
+    store.write_part("curves", unit, _rows(2, 1.0, CURVES))
     store.commit(unit)
     assert store.read_table("curves").num_rows == 2
 
@@ -70,3 +73,20 @@ def test_committed_after_tells_units_committed_since_a_time(tmp_path):
     store.commit(late)
     assert store.committed_after([early, late], since)
     assert not store.committed_after([early], since)
+
+
+def test_a_part_whose_schema_differs_from_the_declared_one_is_refused(tmp_path):
+    store = ResultStore(str(tmp_path))
+    unit = Unit("random", 0, 1)
+    with pytest.raises(
+        ValueError,
+        match=r"columns differ .* missing \['eval_set', 'eval_stage', 'seed', 'selector', 'skill', 'stage'\], unexpected \['x'\]",
+    ):
+        store.write_part("metrics", unit, pa.table({"metric": ["accuracy"], "value": [1.0], "x": [1]}))
+    with pytest.raises(ValueError, match="cannot cast"):
+        store.write_part("metrics", unit, _rows(1, 1.0).set_column(7, "value", pa.array(["high"])))
+    with pytest.raises(ValueError, match="unknown long table 'metric'"):
+        store.write_part("metric", unit, _rows(1, 1.0))
+    assert not store.exists("metrics.parquet")  # nothing was written
+    store.write_part("metrics", unit, _rows(2, 0.5).select(list(reversed(METRICS.names))))  # order is not a schema
+    assert store.read_parquet(f"metrics.parquet/{unit.key}.parquet").schema.equals(METRICS)

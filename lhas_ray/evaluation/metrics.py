@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lhas_ray import schemas
 from lhas_ray.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -90,15 +92,7 @@ def definitions(forgetting: str = "since_trained") -> dict[str, str]:
     return out
 
 
-TRAJECTORY_SCHEMA = pa.schema(
-    [
-        pa.field("selector", pa.string()),
-        pa.field("seed", pa.int64()),
-        pa.field("stage", pa.int64()),
-        pa.field("metric", pa.string()),
-        pa.field("value", pa.float64()),
-    ]
-)
+TRAJECTORY_SCHEMA = schemas.TRAJECTORY
 _KEYS = ["selector", "seed", "stage"]
 GENERAL_SET = "general"  # the eval set over every skill of the suite
 
@@ -181,6 +175,15 @@ def accuracy_matrices(metrics: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     R[codes, rows["stage"].to_numpy(np.int64), rows["eval_stage"].to_numpy(np.int64)] = rows["value"].to_numpy(float)
     traj["seed"] = traj["seed"].astype(np.int64)
     return traj, R
+
+
+def mean_accuracy_matrices(metrics: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The accuracy matrix R[i, j] of each selector, mean over the seeds that have it (row 0 = base, column 0
+    unused, NaN where no seed has a value)."""
+    traj, R = accuracy_matrices(metrics)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (column 0, stages not run yet) stay NaN
+        return {s: np.nanmean(R[(traj["selector"] == s).to_numpy()], axis=0) for s in sorted(traj["selector"].unique())}
 
 
 def _long(traj: pd.DataFrame, per_metric: dict[str, np.ndarray]) -> pd.DataFrame:

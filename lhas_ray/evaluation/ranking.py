@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lhas_ray import schemas
 from lhas_ray.evaluation.metrics import COMPANIONS, HIGHER_IS_BETTER, LONG_HORIZON, METRICS
 from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
 from lhas_ray.store import ResultStore
@@ -39,20 +40,7 @@ NOW = ("immediate", 1)
 PRIMARY_LATER = "acc"
 MIN_SEEDS_TAU_INTERVAL = 5
 TEST_NAME = "exact paired sign-flip permutation test over seeds"
-RANKING_SCHEMA = pa.schema(
-    [
-        pa.field("kind", pa.string()),  # rank | tau | difference | myopia | family | note
-        pa.field("metric", pa.string()),
-        pa.field("stage", pa.int64()),
-        pa.field("selector", pa.string()),
-        pa.field("baseline", pa.string()),
-        pa.field("statistic", pa.string()),
-        pa.field("value", pa.float64()),
-        pa.field("lo", pa.float64()),
-        pa.field("hi", pa.float64()),
-        pa.field("note", pa.string()),
-    ]
-)
+RANKING_SCHEMA = schemas.RANKING
 
 
 # --- Kendall tau-b, vectorised over leading axes ------------------------------------------------------------------

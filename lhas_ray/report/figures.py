@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 
 from lhas_ray.evaluation.metrics import (
     HIGHER_IS_BETTER,
-    accuracy_matrices,
 )
 from lhas_ray.evaluation.ranking import (
     NOW,
@@ -56,12 +55,6 @@ def png(fig: Figure) -> bytes:
 def _grid(n: int, ncols: int) -> tuple[int, int]:
     ncols = max(1, min(n, ncols))
     return -(-n // ncols), ncols
-
-
-def mean_matrices(metrics: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The accuracy matrix R[i, j] of each selector, mean over seeds (row 0 = base, column 0 unused)."""
-    traj, R = accuracy_matrices(metrics)
-    return {s: R[(traj["selector"] == s).to_numpy()].mean(axis=0) for s in sorted(traj["selector"].unique())}
 
 
 def fig_heatmaps(matrices: dict[str, np.ndarray], T: int) -> Figure_:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from lhas_ray.evaluation.metrics import (
     definitions,
+    mean_accuracy_matrices,
     trajectory_metrics,
     trajectory_table,
     untargeted_skills,
@@ -35,7 +36,6 @@ from lhas_ray.report.figures import (
     fig_pareto,
     fig_timings,
     fig_trials,
-    mean_matrices,
 )
 from lhas_ray.report.load import SAMPLE_TEXT, RunInputs, load_run
 from lhas_ray.report.tables import (
@@ -301,7 +301,7 @@ def write_report(out: str, *, tensorboard: bool = True) -> str:
     T = int(run.metrics["stage"].max())
     colors = colors_for(ranking.selectors)
     figures = [
-        fig_heatmaps(mean_matrices(run.metrics), T),
+        fig_heatmaps(mean_accuracy_matrices(run.metrics), T),
         fig_metrics(trajectory, colors),
         fig_bump(ranking, colors),
         fig_pareto(ranking, colors),

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
 from lhas_ray.evaluation.formulas import parse_formula, stage_scores
 from lhas_ray.evaluation.metrics import HIGHER_IS_BETTER, read_long_tables, trajectory_metrics
@@ -42,25 +43,7 @@ CONFIRM_CONFIG, CONFIRMATION = "confirm_config.yaml", "confirmation.parquet"
 OBJECTIVE, IMMEDIATE = "objective", "immediate_score"
 COMPARED = (IMMEDIATE, "acc", "forgetting", "untrained_retention", "lca")  # the metrics family, in report order
 HELDOUT, IN_SAMPLE = "held-out", "in-sample"
-CONFIRMATION_SCHEMA = pa.schema(
-    [
-        ("sample", pa.string()),  # held-out | in-sample
-        ("family", pa.string()),  # headline | metrics | "" (in-sample rows are not tested)
-        ("baseline", pa.string()),
-        ("role", pa.string()),  # what the baseline stands for: random, best myopic, named in the config
-        ("metric", pa.string()),  # objective (tune.objective), immediate_score (tune.immediate) or a trajectory metric
-        ("higher_is_better", pa.bool_()),
-        ("n_seeds", pa.int64()),
-        ("tuned", pa.float64()),  # mean over seeds
-        ("base", pa.float64()),
-        ("diff", pa.float64()),  # tuned - base, mean over seeds (not oriented)
-        ("lo", pa.float64()),
-        ("hi", pa.float64()),
-        ("alternative", pa.string()),
-        ("p_raw", pa.float64()),
-        ("p_holm", pa.float64()),
-    ]
-)
+CONFIRMATION_SCHEMA = schemas.CONFIRMATION
 
 
 @dataclass
