@@ -25,7 +25,8 @@ import pyarrow as pa
 
 from lhas_ray.selection import SelectionContext, facility_location_value, get_selector
 from lhas_ray.selection.knn import normalize_rows
-from lhas_ray.selection.submodular import Objective, build_objective, lazy_greedy, naive_greedy
+from lhas_ray.selection.objective import Objective, build_objective
+from lhas_ray.selection.optimisers import lazy_greedy, naive_greedy
 
 
 def mixture(n: int, d: int, seed: int, per_center: int = 1000, noise: float = 0.6) -> np.ndarray:

@@ -18,14 +18,8 @@ from lhas_ray.selection import (
     get_selector,
     validate_features,
 )
-from lhas_ray.selection.submodular import (
-    QUANT,
-    build_objective,
-    lazy_greedy,
-    naive_greedy,
-    similarity_graph,
-    stochastic_greedy,
-)
+from lhas_ray.selection.objective import QUANT, build_objective, similarity_graph
+from lhas_ray.selection.optimisers import lazy_greedy, naive_greedy, stochastic_greedy
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SKILLS = np.array(["arith", "copy", "reverse", "sort"])

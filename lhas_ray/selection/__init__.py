@@ -19,8 +19,8 @@ from lhas_ray.selection import (  # noqa: F401  (importing registers each family
 )
 from lhas_ray.selection.base import Selector, registry
 from lhas_ray.selection.context import SelectionContext
-from lhas_ray.selection.submodular import facility_location_value
-from lhas_ray.selection.validation import Pool, validate_features
+from lhas_ray.selection.objective import facility_location_value
+from lhas_ray.selection.pool import Pool, validate_features
 
 
 def available_selectors() -> list[str]:

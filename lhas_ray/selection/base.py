@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from lhas_ray.selection.context import SelectionContext
-from lhas_ray.selection.validation import Pool, validate_features
+from lhas_ray.selection.pool import Pool, validate_features
 
 UTILITIES: dict[str, tuple[str, float]] = {
     "loss": ("loss", 1.0),  # high loss first (informative, but also picks label noise)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from lhas_ray.selection.base import OPTIMISER_PARAMS, Selector, choice_param, register
-from lhas_ray.selection.greedi import run_greedy
 from lhas_ray.selection.knn import normalize_rows
-from lhas_ray.selection.validation import Pool
+from lhas_ray.selection.optimisers import run_greedy
+from lhas_ray.selection.pool import Pool
 
 
 def kcenter_greedy(x: np.ndarray, k: int, first: int) -> np.ndarray:

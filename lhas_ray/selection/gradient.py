@@ -17,7 +17,7 @@ import numpy as np
 
 from lhas_ray.selection.base import Selector, choice_param, register, top_k
 from lhas_ray.selection.knn import max_similarity, normalize_rows
-from lhas_ray.selection.validation import Pool
+from lhas_ray.selection.pool import Pool
 
 
 @register

@@ -40,10 +40,10 @@ from lhas_ray.selection.base import (
     register,
     utility_values,
 )
-from lhas_ray.selection.greedi import run_greedy
 from lhas_ray.selection.knn import kmeans, max_similarity, normalize_rows
-from lhas_ray.selection.submodular import Objective, first_fl_gains, similarity_graph
-from lhas_ray.selection.validation import Pool
+from lhas_ray.selection.objective import Objective, first_fl_gains, similarity_graph
+from lhas_ray.selection.optimisers import run_greedy
+from lhas_ray.selection.pool import Pool
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lhas_ray.selection.base import Selector, int_param, register
-from lhas_ray.selection.validation import Pool
+from lhas_ray.selection.pool import Pool
 
 
 @register

@@ -15,7 +15,7 @@ import torch
 
 from lhas_ray.selection.base import Selector, register
 from lhas_ray.selection.knn import BLOCK_BYTES, normalize_rows
-from lhas_ray.selection.validation import Pool
+from lhas_ray.selection.pool import Pool
 
 
 def nearest_per_target(pool_emb: np.ndarray, target_emb: np.ndarray, depth: int) -> np.ndarray:

@@ -6,7 +6,7 @@
   Candidates go in blocks of B: their max cosine to the chosen set is one blocked matmul, and clashes within a block
   are resolved one accepted pick at a time with a vectorised mask. O(N log N + N k d) worst case.
 - ``fl_utility``: J(S) = sum_{i in S} u_i + weight * (k / N) * FL(S), u min-max scaled to [0, 1] (the FL scaling of
-  ``submodular.build_objective``), maximised by the shared lazy greedy. O(kNN search + greedy).
+  ``objective.build_objective``), maximised by the shared lazy greedy. O(kNN search + greedy).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from lhas_ray.selection.base import (
     top_k,
     utility_values,
 )
-from lhas_ray.selection.greedi import run_greedy
 from lhas_ray.selection.knn import max_similarity, normalize_rows
-from lhas_ray.selection.validation import Pool
+from lhas_ray.selection.optimisers import run_greedy
+from lhas_ray.selection.pool import Pool
 
 BLOCK = 4096
 

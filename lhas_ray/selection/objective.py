@@ -1,4 +1,5 @@
-"""The one optimiser of every submodular selector (facility_location, fl_utility, lhas) and the function it maximises.
+"""The function every submodular selector (facility_location, fl_utility, lhas) maximises: J(S), its similarity graph,
+its terms and their units. The optimisers that maximise it live in ``optimisers.py``.
 
 Objective (DESIGN.md, LHAS with its terms already weighted)::
 
@@ -13,23 +14,18 @@ Exactness: similarities are quantised to integers (q = round(cos * 2^24)), so co
 every marginal gain is the same float whichever way it is computed; hence lazy greedy (Minoux 1978) returns exactly
 the naive-greedy sequence (ties go to the smaller position, i.e. the smaller example_id). Quantising moves a cosine
 by at most 2^-25, below float32 resolution.
-
-Cost: building the graph is the kNN search (see ``knn``); naive greedy O(k * nnz) with nnz ~ N * (knn + 1); lazy
-greedy O(nnz) for the first pass plus O(deg + log N) per re-evaluation, typically a few per pick; stochastic greedy
-(Mirzasoleiman et al. 2015, "Lazier than lazy greedy") O(k * (N/k) log(1/eps) * deg) = O(N log(1/eps) * deg).
 """
 
 from __future__ import annotations
 
-import heapq
-import math
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from lhas_ray.selection.knn import knn_graph, max_similarity, normalize_rows
-from lhas_ray.selection.validation import validate_features
+from lhas_ray.selection.pool import validate_features
 
 QUANT = 1 << 24  # similarity quantum: q = round(cos * QUANT)
 
@@ -66,6 +62,34 @@ def similarity_graph(
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(facility, minlength=n), out=indptr[1:])
     return SimilarityGraph(indptr=indptr, demand=demand[order], q=q[order], n=n)
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What J is made of, apart from the ground set's embeddings: the one place its parameters are spelled out.
+
+    ``modular`` are per-point scores (already weighted), ``clusters`` per-point cluster ids; ``l_c``/``l_a`` weigh
+    coverage and concentration, each in its unit (``fl_unit``, ``conc_unit``; None: the defaults of
+    ``build_objective``); ``knn``, ``exact_limit`` and ``seed`` shape the similarity graph.
+    """
+
+    modular: np.ndarray | None = None
+    clusters: np.ndarray | None = None
+    l_c: float = 0.0
+    l_a: float = 0.0
+    fl_unit: float | None = None
+    conc_unit: float | None = None
+    knn: int = 32
+    exact_limit: int = 50_000
+    seed: int = 0
+
+    def take(self, idx: np.ndarray) -> ObjectiveSpec:
+        """The same objective on the points at positions ``idx`` (a GreeDi partition, or the merged picks)."""
+        return dataclasses.replace(
+            self,
+            modular=None if self.modular is None else self.modular[idx],
+            clusters=None if self.clusters is None else self.clusters[idx],
+        )
 
 
 class Objective:
@@ -168,71 +192,69 @@ class Objective:
         return total
 
 
-def naive_greedy(obj: Objective, k: int) -> np.ndarray:
-    """Reference greedy: every step recomputes every gain and takes the best (smallest position on ties). O(k nnz)."""
-    taken = np.zeros(obj.n, dtype=bool)
-    out = np.empty(k, dtype=np.int64)
-    all_pos = np.arange(obj.n)
-    for t in range(k):
-        g = obj.gains(all_pos)
-        g[taken] = -np.inf
-        i = int(np.argmax(g))
-        taken[i] = True
-        obj.add(i)
-        out[t] = i
-    return out
+def build_objective(
+    k: int,
+    n: int,
+    spec: ObjectiveSpec | None = None,
+    *,
+    emb: np.ndarray | None = None,
+    demand_weights: np.ndarray | None = None,
+    graph: SimilarityGraph | None = None,
+    **fields,
+) -> Objective:
+    """J = modular + l_c * FL(S) / fl_unit - l_a * conc_unit * sum_c n_c(S)^2, from ``spec`` (or its ``fields``).
+
+    Default units: fl_unit = N / k (FL, a sum over N demand points each at most 1, on the [0, k] scale of k utilities
+    in [0, 1]) and conc_unit = 1 / k (Conc(S) = sum_c n_c^2 / k = k sum_c p_c^2). LHAS passes units measured on the
+    pool instead (``lhas.term_units``). ``graph``: a similarity graph already built on emb.
+    """
+    s = spec if spec is not None else ObjectiveSpec(**fields)
+    if s.l_c > 0 and graph is None:
+        if emb is None:
+            raise ValueError("a facility-location term needs embeddings")
+        graph = similarity_graph(emb, s.knn, exact_limit=s.exact_limit, seed=s.seed)
+    total = n if demand_weights is None else int(np.sum(demand_weights))
+    return Objective(
+        n,
+        modular=s.modular,
+        graph=graph if s.l_c > 0 else None,
+        fl_coef=s.l_c / (s.fl_unit if s.fl_unit else total / k) / QUANT,
+        demand_weights=demand_weights,
+        clusters=s.clusters,
+        conc_coef=s.l_a * (s.conc_unit if s.conc_unit else 1.0 / k),
+    )
 
 
-def lazy_greedy(obj: Objective, k: int) -> np.ndarray:
-    """Lazy greedy (Minoux 1978): a heap of stale gains, re-evaluate the top until fresh; equals naive greedy."""
-    first = obj.gains(np.arange(obj.n))
-    heap = list(zip((-first).tolist(), range(obj.n), strict=True))
-    heapq.heapify(heap)
-    stamp = [0] * obj.n  # the step at which each heap key was computed
-    out = np.empty(k, dtype=np.int64)
-    for t in range(k):
-        while True:
-            i = heap[0][1]
-            if stamp[i] == t:
-                heapq.heappop(heap)
-                break
-            stamp[i] = t
-            heapq.heapreplace(heap, (-obj.gain(i), i))
-        obj.add(i)
-        out[t] = i
-    return out
+def first_fl_gains(graph: SimilarityGraph) -> np.ndarray:
+    """FL({i}) for every facility i of the graph, in cosine units: its coverage gain as greedy's first pick."""
+    return np.add.reduceat(graph.q, graph.indptr[:-1]).astype(np.float64) / QUANT
 
 
-def stochastic_greedy(obj: Objective, k: int, epsilon: float = 0.01, seed: int = 0) -> np.ndarray:
-    """Stochastic greedy: each step takes the best of (N/k) log(1/eps) random remaining candidates."""
-    rng = np.random.default_rng(seed)
-    remaining = np.arange(obj.n)
-    left = obj.n
-    size = max(1, math.ceil(obj.n / k * math.log(1.0 / epsilon)))
-    out = np.empty(k, dtype=np.int64)
-    for t in range(k):
-        pos = rng.choice(left, size, replace=False) if size < left else np.arange(left)
-        cand = remaining[pos]
-        g = obj.gains(cand)
-        j = int(np.lexsort((cand, -g))[0])
-        i = int(cand[j])
-        obj.add(i)
-        out[t] = i
-        left -= 1
-        remaining[pos[j]] = remaining[left]
-    return out
+def coverage_weights(obj: Objective, emb: np.ndarray) -> np.ndarray:
+    """How many ground points (times their demand weight) each selected point covers best: GreeDi's merge weights.
 
-
-def maximize(obj: Objective, k: int, method: str = "lazy", *, epsilon: float = 0.01, seed: int = 0) -> np.ndarray:
-    """Greedily pick k positions maximising obj with 'lazy' (exact), 'naive' (reference) or 'stochastic' greedy."""
-    k = min(k, obj.n)
-    if method == "lazy":
-        return lazy_greedy(obj, k)
-    if method == "naive":
-        return naive_greedy(obj, k)
-    if method == "stochastic":
-        return stochastic_greedy(obj, k, epsilon, seed)
-    raise ValueError(f"unknown greedy method {method!r}; allowed: ['lazy', 'naive', 'stochastic']")
+    A point takes the selected facility with the largest graph similarity; a point no selected facility reaches in the
+    graph goes to its exact nearest selected point (blocked dot products over those points only).
+    """
+    sel = np.asarray(obj.selected, dtype=np.int64)
+    n = obj.n
+    owner = np.full(n, -1, dtype=np.int64)
+    if obj.graph is not None:
+        gr = obj.graph
+        lens = gr.indptr[sel + 1] - gr.indptr[sel]
+        starts = np.zeros(sel.shape[0], dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        idx = np.repeat(gr.indptr[sel] - starts, lens) + np.arange(int(lens.sum()))
+        fac, dem, q = np.repeat(np.arange(sel.shape[0]), lens), gr.demand[idx].astype(np.int64), gr.q[idx]
+        order = np.lexsort((fac, -q, dem))
+        first = order[np.concatenate([[True], dem[order][1:] != dem[order][:-1]])]
+        owner[dem[first]] = fac[first]
+    lost = np.flatnonzero(owner < 0)
+    if lost.size:
+        x = normalize_rows(emb)
+        _, owner[lost] = max_similarity(x[lost], x[sel])
+    w = np.ones(n, dtype=np.int64) if obj.weights is None else obj.weights
+    return np.bincount(owner, weights=w, minlength=sel.shape[0]).astype(np.int64)
 
 
 def facility_location_value(
@@ -267,87 +289,3 @@ def facility_location_value(
         return obj.fl_value()
     best, _ = max_similarity(x, x[np.unique(pos)])
     return float(np.maximum(best, 0.0).astype(np.float64).sum())
-
-
-__all__ = [
-    "QUANT",
-    "Objective",
-    "SimilarityGraph",
-    "facility_location_value",
-    "lazy_greedy",
-    "maximize",
-    "naive_greedy",
-    "similarity_graph",
-    "stochastic_greedy",
-]
-
-
-def build_objective(
-    k: int,
-    n: int,
-    *,
-    emb: np.ndarray | None = None,
-    modular: np.ndarray | None = None,
-    clusters: np.ndarray | None = None,
-    l_c: float = 0.0,
-    l_a: float = 0.0,
-    knn: int = 32,
-    exact_limit: int = 50_000,
-    demand_weights: np.ndarray | None = None,
-    seed: int = 0,
-    fl_unit: float | None = None,
-    conc_unit: float | None = None,
-    graph: SimilarityGraph | None = None,
-) -> Objective:
-    """J = modular + l_c * FL(S) / fl_unit - l_a * conc_unit * sum_c n_c(S)^2.
-
-    Default units: fl_unit = N / k (FL, a sum over N demand points each at most 1, on the [0, k] scale of k utilities
-    in [0, 1]) and conc_unit = 1 / k (Conc(S) = sum_c n_c^2 / k = k sum_c p_c^2). LHAS passes units measured on the
-    pool instead (``lhas.term_units``). ``graph``: a similarity graph already built on emb.
-    """
-    if l_c > 0 and graph is None:
-        if emb is None:
-            raise ValueError("a facility-location term needs embeddings")
-        graph = similarity_graph(emb, knn, exact_limit=exact_limit, seed=seed)
-    total = n if demand_weights is None else int(np.sum(demand_weights))
-    return Objective(
-        n,
-        modular=modular,
-        graph=graph if l_c > 0 else None,
-        fl_coef=l_c / (fl_unit if fl_unit else total / k) / QUANT,
-        demand_weights=demand_weights,
-        clusters=clusters,
-        conc_coef=l_a * (conc_unit if conc_unit else 1.0 / k),
-    )
-
-
-def first_fl_gains(graph: SimilarityGraph) -> np.ndarray:
-    """FL({i}) for every facility i of the graph, in cosine units: its coverage gain as greedy's first pick."""
-    return np.add.reduceat(graph.q, graph.indptr[:-1]).astype(np.float64) / QUANT
-
-
-def coverage_weights(obj: Objective, emb: np.ndarray) -> np.ndarray:
-    """How many ground points (times their demand weight) each selected point covers best: GreeDi's merge weights.
-
-    A point takes the selected facility with the largest graph similarity; a point no selected facility reaches in the
-    graph goes to its exact nearest selected point (blocked dot products over those points only).
-    """
-    sel = np.asarray(obj.selected, dtype=np.int64)
-    n = obj.n
-    owner = np.full(n, -1, dtype=np.int64)
-    if obj.graph is not None:
-        gr = obj.graph
-        lens = gr.indptr[sel + 1] - gr.indptr[sel]
-        starts = np.zeros(sel.shape[0], dtype=np.int64)
-        np.cumsum(lens[:-1], out=starts[1:])
-        idx = np.repeat(gr.indptr[sel] - starts, lens) + np.arange(int(lens.sum()))
-        fac, dem, q = np.repeat(np.arange(sel.shape[0]), lens), gr.demand[idx].astype(np.int64), gr.q[idx]
-        order = np.lexsort((fac, -q, dem))
-        first = order[np.concatenate([[True], dem[order][1:] != dem[order][:-1]])]
-        owner[dem[first]] = fac[first]
-    lost = np.flatnonzero(owner < 0)
-    if lost.size:
-        x = normalize_rows(emb)
-        _, owner[lost] = max_similarity(x[lost], x[sel])
-    w = np.ones(n, dtype=np.int64) if obj.weights is None else obj.weights
-    return np.bincount(owner, weights=w, minlength=sel.shape[0]).astype(np.int64)
