@@ -13,6 +13,8 @@ import pytest
 from lhas_ray.config import PACKAGED_CONFIGS, ConfigError, load_config
 from lhas_ray.tasks import build_suite
 from lhas_ray.tasks import builtin as b
+from lhas_ray.tasks.capacity import capacity_problems
+from lhas_ray.tasks.noise import corrupt
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, drop_leaks
 from tests.helpers import reference_answer as _reference
 
@@ -175,7 +177,7 @@ def test_too_small_prompt_space_is_refused_naming_the_stage_and_sizes():
 @pytest.mark.parametrize("path", sorted(PACKAGED_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_packaged_configs_still_validate(path):
     cfg = load_config(path.stem)
-    assert not b.capacity_problems(cfg)
+    assert not capacity_problems(cfg)
     load_config(path.stem, ["data.resample=per_seed"])
 
 
@@ -202,7 +204,7 @@ def test_label_noise_is_another_answer_of_the_same_skill_and_length():
 def test_label_noise_without_a_donor_is_a_random_different_answer_of_that_length(seed):
     skills = np.array(["copy", "copy", "add", "count", "lookup", "sort", "add"])
     answers = np.array(["ab", "cd", "12", "3", "7", "abc", "12"])
-    out = b._corrupt(skills, answers, np.arange(7), np.random.default_rng(seed)).tolist()
+    out = corrupt(skills, answers, np.arange(7), np.random.default_rng(seed)).tolist()
     assert out[0] == "cd" and out[1] == "ab"  # the other copy answer of length 2
     for i in (2, 6):  # both 'add' answers are "12": no donor, a random 2-digit number without a leading zero
         assert out[i] != "12" and len(out[i]) == 2 and out[i].isdigit() and out[i][0] != "0"

@@ -88,7 +88,7 @@ class ExperimentConfig(_Strict):
             raise ValueError("\n    ".join(problems))
         if leaks := ood_leaks(self.stages):
             raise ValueError("\n    ".join(leaks))
-        from lhas_ray.tasks.builtin import capacity_problems
+        from lhas_ray.tasks.capacity import capacity_problems
 
         if problems := capacity_problems(self):
             raise ValueError("\n    ".join(problems))
