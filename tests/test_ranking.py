@@ -17,13 +17,11 @@ from lhas_ray.evaluation import ranking as rk
 from lhas_ray.evaluation.metrics import COMPANIONS, HIGHER_IS_BETTER, LONG_HORIZON, METRICS
 from lhas_ray.evaluation.ranking import (
     MIN_SEEDS_TAU_INTERVAL,
-    RANKING_SCHEMA,
     discordant_share,
     kendall_tau_b,
     rank_analysis,
-    ranking_table,
-    write_ranking,
 )
+from lhas_ray.evaluation.ranking_table import RANKING_SCHEMA, ranking_table, write_ranking
 from lhas_ray.store import ResultStore
 
 COLUMNS = ["selector", "seed", "stage", "metric", "value"]
@@ -351,7 +349,7 @@ def test_rank_agreement_against_scipy(n_seeds):
     r = rank_analysis(traj)
     tau = r.tau.set_index("metric")
     assert set(tau.index) == {"acc", "forgetting"}
-    cube = rk._cube(traj)
+    cube = rk.build_cube(traj)
     p_raw = {}
     for metric in ("acc", "forgetting"):
         per_seed = _per_seed_tau(traj, metric, 2)
@@ -492,8 +490,8 @@ class _Sim:
         self.final = rk.final_stages(probe)
         assert self.final == {m: 1 if m == "immediate" else 2 for m in metrics}
 
-    def cube(self, V: np.ndarray) -> rk._Cube:
-        return rk._Cube(V * self.sign[:, None, None, None], self.metrics, SIM_SELECTORS, self.seeds, self.sign)
+    def cube(self, V: np.ndarray) -> rk.Cube:
+        return rk.Cube(V * self.sign[:, None, None, None], self.metrics, SIM_SELECTORS, self.seeds, self.sign)
 
     def myopia(self, V: np.ndarray) -> pd.DataFrame:
         _, my = rk.baseline_tests(
@@ -504,7 +502,7 @@ class _Sim:
     def check_against_rank_analysis(self, V: np.ndarray) -> pd.DataFrame:
         """The shortcut builds the cube rank_analysis builds and reaches the same myopia table."""
         traj = _table(V, self.metrics)
-        assert np.array_equal(rk._cube(traj).V, self.cube(V).V, equal_nan=True)
+        assert np.array_equal(rk.build_cube(traj).V, self.cube(V).V, equal_nan=True)
         full = rank_analysis(traj, alpha=ALPHA, myopia_metrics=self.myopia_metrics)
         mine = self.myopia(V)
         pd.testing.assert_frame_equal(full.myopia, mine)

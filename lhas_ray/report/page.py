@@ -25,8 +25,8 @@ from lhas_ray.evaluation.ranking import (
     TEST_NAME,
     Ranking,
     rank_analysis,
-    ranking_table,
 )
+from lhas_ray.evaluation.ranking_table import ranking_table
 from lhas_ray.report.figures import (
     Figure_,
     colors_for,
