@@ -168,31 +168,7 @@ class TrajectoryRunner:
 
         # 1. score pool t with the current model (this worker's Ray Data shard; all gather)
         with timer("scoring"):
-            columns = set(selector.requires) | set(getattr(selector, "optional", ()))
-            want = columns - {"skill"}
-            reference = (
-                self._load(checkpoint_path("", seed, 0), adapters=False)[0].eval() if "quality" in want else None
-            )
-            scorer = Scorer(
-                model.eval(),
-                tokenizer,
-                want,
-                max_length=cfg.model.max_length,
-                grad_dim=cfg.scoring.grad_dim,
-                grad_params=cfg.scoring.grad_params,
-                projection_seed=seed,
-                reference=reference,
-                # LESS as its authors define it: pool gradients preconditioned by the previous training's Adam state
-                precondition=load_moments(self.store, checkpoint_path(selector_key, seed, t - 1))
-                if selector_key in adam_selectors(cfg)
-                else None,
-            )
-            features, rows = score_shard(
-                scorer, ray.train.get_dataset_shard(pool_key(cfg, seed, t)), cfg.scoring.batch_size
-            )
-            if "skill" in columns:
-                features = features.append_column("skill", rows.column("skill"))
-            context = self._context(selector, scorer, stage, seed)
+            features, rows, context = self._score(selector, selector_key, model, tokenizer, seed, t)
 
         # 2. select k_t examples (rank 0), broadcast the ids
         with timer("selection"):
@@ -245,6 +221,33 @@ class TrajectoryRunner:
             f"features/{selector_key}/s{seed}/stage{t}.parquet": features,
         }
         self._commit(Unit(selector_key, seed, t), metrics, curve, timer.rows(), extra, terms)
+
+    def _score(self, selector, selector_key: str, model, tokenizer, seed: int, t: int):
+        """Step 1: the features the selector asks for, the pool rows they belong to, and the selection context."""
+        cfg = self.cfg
+        columns = set(selector.requires) | set(getattr(selector, "optional", ()))
+        want = columns - {"skill"}
+        reference = self._load(checkpoint_path("", seed, 0), adapters=False)[0].eval() if "quality" in want else None
+        scorer = Scorer(
+            model.eval(),
+            tokenizer,
+            want,
+            max_length=cfg.model.max_length,
+            grad_dim=cfg.scoring.grad_dim,
+            grad_params=cfg.scoring.grad_params,
+            projection_seed=seed,
+            reference=reference,
+            # LESS as its authors define it: pool gradients preconditioned by the previous training's Adam state
+            precondition=load_moments(self.store, checkpoint_path(selector_key, seed, t - 1))
+            if selector_key in adam_selectors(cfg)
+            else None,
+        )
+        features, rows = score_shard(
+            scorer, ray.train.get_dataset_shard(pool_key(cfg, seed, t)), cfg.scoring.batch_size
+        )
+        if "skill" in columns:
+            features = features.append_column("skill", rows.column("skill"))
+        return features, rows, self._context(selector, scorer, self.suites[seed].stages[t - 1], seed)
 
     def _context(self, selector, scorer: Scorer, stage, seed: int) -> SelectionContext:
         """Target and future-proxy gradients/embeddings, computed only when the selector asks for them."""

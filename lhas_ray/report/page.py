@@ -131,17 +131,27 @@ def header_facts(run: RunInputs, ranking: Ranking, T: int) -> list[tuple[str, st
     return facts
 
 
-def render(
-    run: RunInputs, trajectory: pd.DataFrame, ranking: Ranking, figures: list[Figure_], T: int
-) -> tuple[str, str]:
-    """The HTML page and its Markdown twin."""
-    facts = header_facts(run, ranking, T)
-    lines = verdict(ranking, run.settings)
+TITLES = {
+    "run": "Run",
+    "verdict": "Verdict",
+    "accuracy-matrix": "Accuracy matrix",
+    "metrics-over-stages": "Metrics over stages",
+    "ranks": "Ranks",
+    "pareto": "Immediate versus long-horizon",
+    "rank-reversal": "Rank reversal",
+    "myopia": "Myopia",
+    "final-metrics": "Final metrics",
+    "timings": "Timings",
+    "tuning": "Tuning",
+    "confirmation": "Held-out confirmation",
+    "objective-terms": "Objective terms",
+    "definitions": "Definitions",
+}
+
+
+def section_tables(run: RunInputs, ranking: Ranking) -> dict[str, list[tuple[str, pd.DataFrame]]]:
+    """Each section's (caption, table) pairs; a sweep's protocol labels every caption with its sample."""
     primary, grid = myopia_tables(ranking)
-    defs = definitions(run.settings.forgetting)
-    by_section: dict[str, list[Figure_]] = {}
-    for f in figures:
-        by_section.setdefault(f.section, []).append(f)
     tables = {
         "rank-reversal": [("Immediate ranking versus each long-horizon ranking", tau_table(ranking))],
         "myopia": [],
@@ -174,6 +184,11 @@ def render(
         for sec, items in tables.items():
             if sec != "confirmation":
                 tables[sec] = [(f"{caption} [{run.sample}]", df) for caption, df in items]
+    return tables
+
+
+def section_texts(run: RunInputs, ranking: Ranking, by_section: dict[str, list[Figure_]]) -> dict[str, str]:
+    """Each section's paragraph, stated from the numbers and the settings."""
     texts = {
         "ranks": "",
         "rank-reversal": "Kendall tau-b between the ranking by immediate accuracy after stage 1 and each long-horizon "
@@ -210,24 +225,24 @@ def render(
         "of greedy, times its weight; concentration counts negative. The four sum to J, the objective the greedy "
         "maximised.",
     }
-    titles = {
-        "run": "Run",
-        "verdict": "Verdict",
-        "accuracy-matrix": "Accuracy matrix",
-        "metrics-over-stages": "Metrics over stages",
-        "ranks": "Ranks",
-        "pareto": "Immediate versus long-horizon",
-        "rank-reversal": "Rank reversal",
-        "myopia": "Myopia",
-        "final-metrics": "Final metrics",
-        "timings": "Timings",
-        "tuning": "Tuning",
-        "confirmation": "Held-out confirmation",
-        "objective-terms": "Objective terms",
-        "definitions": "Definitions",
-    }
     if run.trials is not None and not by_section.get("tuning"):
         texts["tuning"] = f"trials.parquet has no objective column I recognise (columns: {list(run.trials.columns)})."
+    return texts
+
+
+def render(
+    run: RunInputs, trajectory: pd.DataFrame, ranking: Ranking, figures: list[Figure_], T: int
+) -> tuple[str, str]:
+    """The HTML page and its Markdown twin."""
+    facts = header_facts(run, ranking, T)
+    lines = verdict(ranking, run.settings)
+    defs = definitions(run.settings.forgetting)
+    by_section: dict[str, list[Figure_]] = {}
+    for f in figures:
+        by_section.setdefault(f.section, []).append(f)
+    tables = section_tables(run, ranking)
+    texts = section_texts(run, ranking, by_section)
+    titles = TITLES
     has_terms = run.terms is not None and not run.terms.empty
     shown = {
         "tuning": run.trials is not None,
