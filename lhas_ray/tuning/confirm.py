@@ -300,6 +300,13 @@ def confirmation_lines(table: pd.DataFrame, objective: str, alpha: float = 0.05)
             f"With {n} seeds and {m} headline claims no claim can reach alpha = {alpha:g} (the smallest Holm-adjusted "
             f"one-sided p is {m} / 2^{n}); {need} seeds could."
         )
+    k = int((held["family"] == "metrics").sum())
+    if k and k * min_attainable_p(n, "two-sided") >= alpha:
+        lines.append(
+            f"Metrics family: {k} two-sided claims with {n} seeds; the smallest Holm-adjusted p is {k} x 2 / 2^{n} = "
+            f"{k * min_attainable_p(n, 'two-sided'):.3g} >= alpha, so no metric difference can be called significant "
+            "here; its intervals describe, they do not test."
+        )
     for row in held[held["family"] == "headline"].itertuples():
         verdict = (
             f"better on the objective ({objective}), Holm-adjusted one-sided p = {row.p_holm:.3g} < {alpha:g}"
