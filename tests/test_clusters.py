@@ -134,4 +134,4 @@ def test_every_entrypoint_names_a_config_that_loads():
         cfg = load_config(REPO / config, overrides)
         if cmd[0] == "tune":
             space = cmd[cmd.index("--space") + 1] if "--space" in cmd else cfg.tune.space
-            assert load_search_space(REPO / space).params, (source, cmd)
+            assert load_search_space(space).params, (source, cmd)  # as the job resolves it: relative to its working dir
