@@ -173,7 +173,7 @@ def test_train_placement_groups_live_as_long_as_their_controller(ray_session, tm
     )
     try:
         assert other.stdout.readline().strip() == "up"
-        time.sleep(15)  # the cleaner checks every second or so
+        time.sleep(6)  # the cleaner checks every second or so: several checks, and the run is still whole
         assert ray.available_resources().get("CPU", 0) < total, "a healthy Train run lost its placement group"
     finally:
         os.killpg(other.pid, signal.SIGKILL)
