@@ -15,12 +15,16 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from lhas_ray import schemas
+
+if TYPE_CHECKING:
+    from lhas_ray.config import ExperimentConfig
 from lhas_ray.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -334,6 +338,19 @@ def trajectory_metrics(
     order = out["metric"].map({m: i for i, m in enumerate(METRICS)})
     out = out.assign(_o=order).sort_values(["selector", "seed", "stage", "_o"], kind="stable").drop(columns="_o")
     return out.reset_index(drop=True)
+
+
+def run_trajectory(metrics: pd.DataFrame, curves: pd.DataFrame | None, cfg: ExperimentConfig) -> pd.DataFrame:
+    """The trajectory metrics of a run's long tables, read with its config's evaluation settings."""
+    ev = cfg.evaluation
+    return trajectory_metrics(
+        metrics,
+        curves,
+        lca_beta=ev.lca_beta,
+        threshold=ev.probe_threshold,
+        censor_at=cfg.probe.steps + 1,
+        forgetting=ev.forgetting,
+    )
 
 
 def missing_units(

@@ -31,7 +31,7 @@ import yaml
 from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
 from lhas_ray.evaluation.formulas import parse_formula, stage_scores
-from lhas_ray.evaluation.metrics import HIGHER_IS_BETTER, read_long_tables, trajectory_metrics
+from lhas_ray.evaluation.metrics import HIGHER_IS_BETTER, read_long_tables, run_trajectory
 from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
 from lhas_ray.store import ResultStore
 
@@ -101,15 +101,7 @@ def seed_scores(store: ResultStore, cfg: ExperimentConfig) -> pd.DataFrame:
     metrics, curves, _ = read_long_tables(store)
     if metrics is None:
         raise ValueError(f"{store.uri}: no committed metrics")
-    ev = cfg.evaluation
-    traj = trajectory_metrics(
-        metrics,
-        curves,
-        lca_beta=ev.lca_beta,
-        threshold=ev.probe_threshold,
-        censor_at=cfg.probe.steps + 1,
-        forgetting=ev.forgetting,
-    )
+    traj = run_trajectory(metrics, curves, cfg)
     formulas = {OBJECTIVE: parse_formula(cfg.tune.objective), IMMEDIATE: parse_formula(cfg.tune.immediate)}
     parts = []
     for selector, g in traj.groupby("selector", sort=True):

@@ -11,7 +11,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from lhas_ray.config import ExperimentConfig
 from lhas_ray.evaluation.formulas import parse_formula, stage_scores
-from lhas_ray.evaluation.metrics import read_long_tables, trajectory_metrics
+from lhas_ray.evaluation.metrics import read_long_tables, run_trajectory
 from lhas_ray.store import ResultStore
 
 OBJECTIVE, IMMEDIATE = "objective", "immediate_score"
@@ -40,15 +40,7 @@ def trial_scores(store: ResultStore, cfg: ExperimentConfig, upto: tuple[int, int
         metrics, curves = (_as_of(df, cfg, *upto) if df is not None else None for df in (metrics, curves))
     if metrics is None or not (metrics["stage"] > 0).any():
         return empty
-    ev = cfg.evaluation
-    traj = trajectory_metrics(
-        metrics,
-        curves,
-        lca_beta=ev.lca_beta,
-        threshold=ev.probe_threshold,
-        censor_at=cfg.probe.steps + 1,
-        forgetting=ev.forgetting,
-    )
+    traj = run_trajectory(metrics, curves, cfg)
     if traj.empty:
         return empty
     scores = stage_scores(traj, formulas)
