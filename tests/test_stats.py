@@ -166,7 +166,10 @@ def test_holm_nan_is_not_a_member():
 
 
 def test_holm_against_statsmodels():
-    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    multitest = pytest.importorskip(
+        "statsmodels.stats.multitest",
+        reason="a second Holm reference; statsmodels is no dependency (test_holm_hand_worked checks Holm by hand)",
+    )
     p = np.random.default_rng(3).uniform(0, 0.2, size=25)
     assert holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1], abs=1e-12)
 
