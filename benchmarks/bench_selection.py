@@ -141,7 +141,7 @@ def bench_demo(args: argparse.Namespace) -> None:
     from lhas_ray.config import load_config
     from lhas_ray.model import build_model
     from lhas_ray.scoring.score import Scorer
-    from lhas_ray.tasks import build_suite
+    from lhas_ray.tasks.suite import build_suite
 
     cfg = load_config("demo")
     lhas_cfg = cfg.selector("lhas")

@@ -144,7 +144,7 @@ def train_worker(config: dict) -> None:
         zero["reduce_bucket_size"] = zero["allgather_bucket_size"] = config["bucket_elements"]
     engine = make_engine(model, ds, LR, 0.0, config["warmup_steps"] + config["steps"])
     load_s = time.perf_counter() - t0
-    common = dict(global_batch=config["batch_size"], max_length=config["seq_len"], seed=config["seed"])
+    common = dict(micro_batch=train.micro_batch(world), max_length=config["seq_len"], seed=config["seed"])
     if config["warmup_steps"]:
         train_steps(engine, tok, config["examples"], steps=config["warmup_steps"], eval_every=10**9, **common)
     barrier()

@@ -29,7 +29,7 @@ from lhas_ray.progress import quiet_libraries
 from lhas_ray.protocol import pool_key, trajectory_worker
 from lhas_ray.scoring.shards import WholePoolDataConfig
 from lhas_ray.store import ResultStore, Unit
-from lhas_ray.tasks import Suite, build_suite
+from lhas_ray.tasks.suite import Suite, build_suite
 from lhas_ray.tuning.trials import trial_concurrency, trial_resources, tune_callbacks, tune_storage
 
 

@@ -26,7 +26,7 @@ from lhas_ray.scoring.score import Scorer
 from lhas_ray.scoring.shards import score_shard, score_spread
 from lhas_ray.selection import SelectionContext, get_selector
 from lhas_ray.store import ResultStore, Unit
-from lhas_ray.tasks import Suite
+from lhas_ray.tasks.suite import Suite
 from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from lhas_ray.training.dist import broadcast_object, rank
 from lhas_ray.training.engine import deepspeed_config, disable_cpu_shm_op, make_engine
@@ -68,6 +68,7 @@ class TrajectoryRunner:
         self.sets = {seed: eval_sets(suite) for seed, suite in suites.items()}
         self.world = ray.train.get_context().get_world_size()
         self.ds_config = deepspeed_config(cfg.training, cfg.model, self.world)
+        self.micro_batch = cfg.training.micro_batch(self.world)
         self._base_rows: dict[int, list[dict]] = {}
 
     # ---- building blocks ----
@@ -129,7 +130,7 @@ class TrajectoryRunner:
                     tokenizer,
                     suite.warmup,
                     steps=warm.steps,
-                    global_batch=self.cfg.training.batch_size,
+                    micro_batch=self.micro_batch,
                     max_length=self.cfg.model.max_length,
                     seed=seed,
                     eval_every=warm.steps,
@@ -188,7 +189,7 @@ class TrajectoryRunner:
                 tokenizer,
                 selected,
                 steps=cfg.training.steps,
-                global_batch=cfg.training.batch_size,
+                micro_batch=self.micro_batch,
                 max_length=cfg.model.max_length,
                 seed=seed * 1000 + t,
                 eval_every=cfg.training.eval_every,
@@ -292,7 +293,7 @@ class TrajectoryRunner:
             tokenizer,
             nxt.probe,
             steps=cfg.probe.steps,
-            global_batch=cfg.training.batch_size,
+            micro_batch=self.micro_batch,
             max_length=cfg.model.max_length,
             seed=seed * 1000 + t + 500,
             eval_every=cfg.probe.eval_every,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lhas_ray.config import ConfigError, config_from_dict, dump_config, load_config
+from lhas_ray.config import ConfigError, TrainingConfig, config_from_dict, dump_config, load_config
 
 
 def _demo() -> dict:
@@ -127,3 +127,25 @@ def test_adam_preconditioning_without_a_warm_up_is_refused():
     assert ok.selectors[5].name == "less"
     with pytest.raises(ConfigError, match=r"selectors.5.params.precondition: 'adam' .* training.warmup.steps > 0"):
         load_config("demo", ["selectors.5.params={precondition: adam}", "training.warmup.steps=0"])
+
+
+def test_a_typo_inside_an_hf_dataset_spec_names_its_dotted_path():
+    """The HF specs are typed config models: a wrong key or value deep in a stage's source is refused like any other
+    field, with the path a `--set` user would type."""
+    raw = {"stages": _hf_stages(_hf("org/code", "validation")), "selectors": [{"name": "random"}]}
+    raw["stages"][0]["hf"]["pool"]["splt"] = "train"
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert "stages.0.hf.pool.splt" in str(err.value)
+    raw["stages"][0]["hf"]["pool"].pop("splt")
+    raw["stages"][1]["hf"]["eval"]["columns"] = {"prompt": "q"}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert "stages.1.hf.eval.columns" in str(err.value) and "exactly one of 'answer'" in str(err.value)
+
+
+def test_micro_batch_is_the_global_batch_split_over_the_workers():
+    train = TrainingConfig(batch_size=32, num_workers=2)
+    assert [train.micro_batch(w) for w in (1, 2, 4, 8)] == [32, 16, 8, 4]
+    with pytest.raises(ValueError, match="does not split over 3 workers"):
+        train.micro_batch(3)

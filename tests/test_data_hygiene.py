@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 
 from lhas_ray.config import PACKAGED_CONFIGS, ConfigError, load_config
-from lhas_ray.tasks import build_suite
 from lhas_ray.tasks import builtin as b
 from lhas_ray.tasks.capacity import capacity_problems
 from lhas_ray.tasks.noise import corrupt
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, drop_leaks
+from lhas_ray.tasks.suite import build_suite
 from tests.helpers import reference_answer as _reference
 
 

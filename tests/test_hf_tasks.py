@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from lhas_ray.tasks.hf import HFSourceConfig, load_hf_examples
+from lhas_ray.config import HFSourceConfig
+from lhas_ray.tasks.hf import load_hf_examples
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA
 
 pytest.importorskip("datasets", reason="HF sources read through the datasets package")
@@ -157,7 +158,7 @@ def _hf_config(tmp_path, budget: int) -> dict:
 
 def test_hf_pool_loses_exactly_the_rows_that_repeat_held_out_rows(tmp_path, caplog):
     from lhas_ray.config import config_from_dict
-    from lhas_ray.tasks import build_suite
+    from lhas_ray.tasks.suite import build_suite
 
     caplog.set_level("INFO", logger="lhas_ray.tasks")
     suite = build_suite(config_from_dict(_hf_config(tmp_path, budget=10)))
@@ -184,7 +185,7 @@ def test_hf_pool_loses_exactly_the_rows_that_repeat_held_out_rows(tmp_path, capl
 
 def test_hf_pool_too_small_after_removal_names_the_stage(tmp_path):
     from lhas_ray.config import config_from_dict
-    from lhas_ray.tasks import build_suite
+    from lhas_ray.tasks.suite import build_suite
 
     cfg = config_from_dict(_hf_config(tmp_path, budget=41))  # 46 rows fit the budget; 40 after removal do not
     with pytest.raises(ValueError, match=r"stage 'math': removing 6 pool rows .* leaves 40, fewer than the budget"):

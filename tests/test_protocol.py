@@ -20,7 +20,7 @@ from lhas_ray.evaluation.accuracy import per_example
 from lhas_ray.launch import build_suites, run_experiment
 from lhas_ray.model import build_model, load_pretrained, save_pretrained
 from lhas_ray.store import ResultStore
-from lhas_ray.tasks import build_suite
+from lhas_ray.tasks.suite import build_suite
 from tests.helpers import micro_config
 
 pytestmark = pytest.mark.slow

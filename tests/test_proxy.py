@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lhas_ray.config import load_config
-from lhas_ray.tasks import build_suite
+from lhas_ray.tasks.suite import build_suite
 
 
 def _ids(table) -> set[int]:

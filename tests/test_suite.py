@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from lhas_ray.config import load_config
-from lhas_ray.tasks import build_suite
 from lhas_ray.tasks import builtin as b
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA
+from lhas_ray.tasks.suite import build_suite
 from tests.helpers import reference_answer
 
 

@@ -165,7 +165,7 @@ def test_text_pool_loses_rows_that_repeat_held_out_text_up_to_case_and_whitespac
     """Fortunes that exist twice, once in other case and spacing: where one twin is held-out text (eval/general) or
     the probe, the pool loses the other; exactly those rows, counted in removed_from_pools and the log."""
     from lhas_ray.config import config_from_dict
-    from lhas_ray.tasks import build_suite
+    from lhas_ray.tasks.suite import build_suite
 
     base = [f"Fortune number {i} says the tide turns at dawn, friend." for i in range(40)]
     twins = ["  " + s.upper().replace(" ", "  \t") + "\n" for s in base]

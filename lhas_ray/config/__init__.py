@@ -1,6 +1,7 @@
 """Typed experiment configs: YAML in, dotted ``--set`` overrides, and one place where a bad value is caught.
 
-Every field carries its documentation where it is declared (``sections.py``); ``experiment.py`` checks the sections
+Every field carries its documentation where it is declared (``sections.py``; Hugging Face dataset specs in
+``sources.py``); ``experiment.py`` checks the sections
 against each other; ``loading.py`` reads, overrides and writes configs. ``load_config`` fails before any Ray work,
 with a message that names the field (``stages.1.budget``) and what is allowed.
 """
@@ -32,6 +33,7 @@ from lhas_ray.config.sections import (
     TuningConfig,
     WarmupConfig,
 )
+from lhas_ray.config.sources import HFColumns, HFSourceConfig
 
 __all__ = [
     "PACKAGED_CONFIGS",
@@ -39,6 +41,8 @@ __all__ = [
     "DataConfig",
     "EvaluationConfig",
     "ExperimentConfig",
+    "HFColumns",
+    "HFSourceConfig",
     "HFStageConfig",
     "LoraConfig",
     "ModelConfig",

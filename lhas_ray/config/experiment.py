@@ -3,8 +3,6 @@ names, prompt spaces large enough, held-out seeds apart from the tuned ones, OOD
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
@@ -21,6 +19,7 @@ from lhas_ray.config.sections import (
     TuningConfig,
     _Strict,
 )
+from lhas_ray.config.sources import HFSourceConfig
 
 
 class ExperimentConfig(_Strict):
@@ -136,10 +135,9 @@ def heldout_problems(cfg: ExperimentConfig) -> list[str]:
     return problems
 
 
-def _source_identity(spec: dict[str, Any]) -> tuple:
+def _source_identity(spec: HFSourceConfig) -> tuple:
     """Which rows a dataset spec reads, up to slicing: path, configuration, files and the split's base name."""
-    files = spec.get("data_files")
-    return (spec.get("path"), spec.get("name"), repr(files), str(spec.get("split", "train")).split("[")[0])
+    return (spec.path, spec.name, repr(spec.data_files), spec.split.split("[")[0])
 
 
 def ood_leaks(stages: list[StageConfig]) -> list[str]:
@@ -157,7 +155,7 @@ def ood_leaks(stages: list[StageConfig]) -> list[str]:
                 if j is not None:
                     problems.append(
                         f"stages.{i}.hf.ood.{name}: reads the same source and split as stages.{j}.hf.eval "
-                        f"({spec.get('path')}, split {spec.get('split', 'train')}), the eval and probe set of stage "
+                        f"({spec.path}, split {spec.split}), the eval and probe set of stage "
                         f"{stages[j].name!r}; use a source no stage evaluates on"
                     )
         elif st.source == "text":

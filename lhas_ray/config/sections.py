@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lhas_ray.config.sources import HFSourceConfig
+
 
 class _Strict(BaseModel):
     """Base for every config group: unknown keys are errors, not silently ignored typos."""
@@ -82,28 +84,14 @@ class TextSourceConfig(_Strict):
 class HFStageConfig(_Strict):
     """A stage read from Hugging Face datasets (a hub name on a cluster, or local json/jsonl/parquet/csv files)."""
 
-    pool: dict[str, Any] = Field(..., description="The pool's dataset spec (lhas_ray.tasks.hf.HFSourceConfig).")
-    eval: dict[str, Any] = Field(..., description="The eval set's dataset spec; also the source of the probe sample.")
-    ood: dict[str, dict[str, Any]] = Field(default_factory=dict, description="OOD sets by name: dataset specs.")
-    general: dict[str, dict[str, Any]] = Field(
+    pool: HFSourceConfig = Field(..., description="The pool's dataset spec.")
+    eval: HFSourceConfig = Field(..., description="The eval set's dataset spec; also the source of the probe sample.")
+    ood: dict[str, HFSourceConfig] = Field(default_factory=dict, description="OOD sets by name: dataset specs.")
+    general: dict[str, HFSourceConfig] = Field(
         default_factory=dict,
         description="Extra sets of the 'general' eval set by name: dataset specs; up to evaluation.general_size rows "
         "of each, skill = the name (a name used by several stages needs the same spec).",
     )
-
-    @field_validator("pool", "eval")
-    @classmethod
-    def _spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
-        from lhas_ray.tasks.hf import HFSourceConfig
-
-        return HFSourceConfig.model_validate(spec).model_dump(exclude_none=True)
-
-    @field_validator("ood", "general")
-    @classmethod
-    def _ood_specs(cls, specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from lhas_ray.tasks.hf import HFSourceConfig
-
-        return {k: HFSourceConfig.model_validate(v).model_dump(exclude_none=True) for k, v in specs.items()}
 
 
 class StageConfig(_Strict):
@@ -204,6 +192,12 @@ class TrainingConfig(_Strict):
         if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_workers ({self.num_workers})")
         return self
+
+    def micro_batch(self, world_size: int) -> int:
+        """Examples each of ``world_size`` workers takes from every global batch (DeepSpeed's micro batch)."""
+        if world_size < 1 or self.batch_size % world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) does not split over {world_size} workers")
+        return self.batch_size // world_size
 
 
 class ProbeConfig(_Strict):

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 import yaml
+from pydantic import BaseModel, ValidationError
 
+from lhas_ray.config import DataConfig, EvaluationConfig, ProbeConfig, SelectorConfig, TuningConfig
 from lhas_ray.evaluation.metrics import (
     missing_units,
     read_long_tables,
@@ -66,14 +68,23 @@ def read_config(store: ResultStore) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def section(cfg: dict, key: str, model: type[BaseModel]) -> BaseModel:
+    """One section of a run's config through its config model (a folder that predates a field gets its default);
+    ValueError naming the field when the stored value is not one the model accepts."""
+    try:
+        return model.model_validate(cfg.get(key) or {})
+    except ValidationError as e:
+        where = "; ".join(f"{key}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"config.yaml: {where}") from e
+
+
 def expected_units(cfg: dict) -> dict:
     """The stage count, selector keys and seeds the resolved config promises (whatever of them it states)."""
     out: dict = {}
     if isinstance(cfg.get("stages"), list):
         out["n_stages"] = len(cfg["stages"])
     if isinstance(cfg.get("selectors"), list):
-        keys = [s.get("label") or s.get("name") for s in cfg["selectors"] if isinstance(s, dict)]
-        out["selectors"] = [k for k in keys if isinstance(k, str)]
+        out["selectors"] = [SelectorConfig.model_validate(s).key for s in cfg["selectors"] if isinstance(s, dict)]
     if isinstance(cfg.get("seeds"), list):
         out["seeds"] = [int(s) for s in cfg["seeds"] if isinstance(s, int)]
     return out
@@ -104,7 +115,7 @@ def sweep_runs(store: ResultStore, cfg: dict) -> list[tuple[str, ResultStore]]:
     """The sweep's best ``tune.report_top`` completed trials (by objective), each as (trial id, its run folder)."""
     trials = store.read_parquet("trials.parquet").to_pandas()
     done = trials[trials["status"] == "completed"]
-    top = done.nlargest(int((cfg.get("tune") or {}).get("report_top", 8)), "objective")
+    top = done.nlargest(section(cfg, "tune", TuningConfig).report_top, "objective")
     if top.empty:
         raise ValueError(f"{store.uri}: the sweep has no completed trial to report")
     return [(str(row.trial), ResultStore(posixpath.join(store.uri, str(row.run)))) for row in top.itertuples()]
@@ -122,12 +133,8 @@ def load_run(store: ResultStore) -> RunInputs:
         cfg, runs, leaks_from = read_config(store), None, store
     else:
         raise ValueError(f"{store.uri} is not a lhas_ray run: it has no config.yaml")
-    ev = cfg.get("evaluation") or {}
-    lca_beta, threshold = ev.get("lca_beta"), ev.get("probe_threshold", 0.5)
-    if lca_beta is not None and (not isinstance(lca_beta, int) or lca_beta < 0):
-        raise ValueError(f"config.yaml: evaluation.lca_beta must be a non-negative integer or null; got {lca_beta!r}")
-    if not isinstance(threshold, int | float):
-        raise ValueError(f"config.yaml: evaluation.probe_threshold must be a number; got {threshold!r}")
+    ev = section(cfg, "evaluation", EvaluationConfig)
+    tune = section(cfg, "tune", TuningConfig)
     if runs is None:
         metrics, curves, timings = read_long_tables(store)
         terms = store.read_table("terms")
@@ -148,32 +155,30 @@ def load_run(store: ResultStore) -> RunInputs:
     )
     if leaks is None and leaks_from.exists("pool_leaks.parquet"):  # a sweep's trials share the data draws
         leaks = leaks_from.read_parquet("pool_leaks.parquet").to_pandas()
-    tune_cfg = cfg.get("tune") or {}
     return RunInputs(
         store.uri,
         metrics,
         curves,
         timings,
         trials,
-        lca_beta,
-        float(threshold),
+        ev.lca_beta,
+        ev.probe_threshold,
         settings_from(cfg),
         leaks,
         terms,
         confirmation,
-        run_sample(cfg, trials is not None),
-        str(tune_cfg.get("objective", "")),
+        run_sample(tune, trials is not None),
+        tune.objective if "tune" in cfg else "",
         importances,
     )
 
 
-def run_sample(cfg: dict, is_sweep: bool) -> str | None:
+def run_sample(tune: TuningConfig, is_sweep: bool) -> str | None:
     """Whether a run's numbers are held-out (a confirmation: it names the development seeds it avoids), in-sample (a
     sweep, or a run on the development seeds of a config that holds seeds out), or neither (a plain run: None)."""
-    tune = cfg.get("tune") or {}
-    if tune.get("development_seeds"):
+    if tune.development_seeds:
         return HELDOUT
-    return IN_SAMPLE if is_sweep or tune.get("heldout_seeds") else None
+    return IN_SAMPLE if is_sweep or tune.heldout_seeds else None
 
 
 SAMPLE_TEXT = {
@@ -184,26 +189,14 @@ SAMPLE_TEXT = {
 
 def settings_from(cfg: dict) -> Settings:
     """The report's settings from the resolved config: baselines, forgetting variant, censoring, data draws."""
-    ev, data, probe = cfg.get("evaluation") or {}, cfg.get("data") or {}, cfg.get("probe") or {}
-    baselines = ev.get("baselines", ["random"])
-    forgetting = ev.get("forgetting", "since_trained")
-    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
-        raise ValueError(f"config.yaml: evaluation.baselines must be a list of selector keys; got {baselines!r}")
-    if forgetting not in ("since_trained", "any_earlier"):
-        raise ValueError(f"config.yaml: evaluation.forgetting must be since_trained or any_earlier; got {forgetting!r}")
-    steps = probe.get("steps")
-    myopia_metrics = ev.get("myopia_metrics")
-    if myopia_metrics is not None and not (
-        isinstance(myopia_metrics, list) and all(isinstance(m, str) for m in myopia_metrics)
-    ):
-        raise ValueError(
-            f"config.yaml: evaluation.myopia_metrics must be a list of metric names; got {myopia_metrics!r}"
-        )
+    ev = section(cfg, "evaluation", EvaluationConfig)
+    data = section(cfg, "data", DataConfig)
+    steps = (cfg.get("probe") or {}).get("steps")
     return Settings(
-        baselines=baselines,
-        forgetting=forgetting,
-        censor_at=float(steps) + 1 if isinstance(steps, int) else None,
-        resample=data.get("resample", "fixed"),
-        data_seed=data.get("seed", 0),
-        myopia_metrics=myopia_metrics,
+        baselines=ev.baselines,
+        forgetting=ev.forgetting,
+        censor_at=float(section(cfg, "probe", ProbeConfig).steps) + 1 if steps is not None else None,
+        resample=data.resample,
+        data_seed=data.seed,
+        myopia_metrics=ev.myopia_metrics,
     )

@@ -67,7 +67,7 @@ class LHAS(Selector):
         "utility": choice_param("quality", tuple(UTILITIES)),
         "clusters": choice_param("auto", ("auto", "skill", "kmeans")),
         "n_clusters": int_param(16, 1),
-        # where g_proxy comes from (lhas_ray.tasks.Suite.future_proxy): 'replay' knows nothing of later stages
+        # where g_proxy comes from (lhas_ray.tasks.suite.Suite.future_proxy): 'replay' knows nothing of later stages
         "proxy": choice_param("replay", ("replay", "broad")),
         **OPTIMISER_PARAMS,
     }

@@ -28,12 +28,11 @@ def disable_cpu_shm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def deepspeed_config(train: TrainingConfig, model: ModelConfig, world_size: int, batch_size: int | None = None) -> dict:
+def deepspeed_config(train: TrainingConfig, model: ModelConfig, world_size: int) -> dict:
     """The packaged ``training/deepspeed/zero{N}.json`` for the configured ZeRO stage, with batch sizes filled in."""
     text = resources.files("lhas_ray.training").joinpath(f"deepspeed/zero{train.zero_stage}.json").read_text()
     cfg = json.loads(text)
-    global_batch = batch_size or train.batch_size
-    micro = max(global_batch // world_size, 1)
+    micro = train.micro_batch(world_size)
     cfg["train_micro_batch_size_per_gpu"] = micro
     cfg["train_batch_size"] = micro * world_size * cfg.get("gradient_accumulation_steps", 1)
     cfg["gradient_clipping"] = train.grad_clip

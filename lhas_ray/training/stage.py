@@ -26,19 +26,20 @@ def train_steps(
     examples: pa.Table,
     *,
     steps: int,
-    global_batch: int,
+    micro_batch: int,
     max_length: int,
     seed: int,
     eval_every: int,
     evaluate: Callable[[], dict[str, float]] | None = None,
 ) -> list[dict]:
-    """Run ``steps`` optimizer steps on ``examples`` (every rank holds all of them and takes its slice of each batch).
+    """Run ``steps`` optimizer steps on ``examples`` (every rank holds all of them and takes its ``micro_batch`` slice
+    of each global batch; ``TrainingConfig.micro_batch`` says how large).
 
     Returns learning-curve rows (step, split, metric, value): the mean train loss over ranks at every step, and
     ``evaluate()``'s metrics at step 0, every ``eval_every`` steps and at the end.
     """
     r, w = rank(), world_size()
-    micro = global_batch // w
+    micro = micro_batch
     prompts = np.asarray(examples.column("prompt").to_numpy(zero_copy_only=False))
     answers = np.asarray(examples.column("answer").to_numpy(zero_copy_only=False))
     order = batch_indices(examples.num_rows, micro * w, steps, seed)
