@@ -65,8 +65,8 @@ def test_every_image_is_an_embedded_png(run_dir):
 def test_every_section_is_present(run_dir):
     page = _page(run_dir[1])
     for section in SECTIONS:
-        if section in ("tuning", "objective-terms", "confirmation"):
-            # no trials.parquet, no recorded objective terms, no confirmation.parquet in this run
+        if section in ("tuning", "objective-terms", "confirmation", "composition"):
+            # no trials.parquet, no recorded objective terms, no confirmation.parquet, no selections/ in this run
             assert f"id='{section}'" not in page
         else:
             assert f"<section id='{section}'>" in page
@@ -529,3 +529,39 @@ def test_a_sweep_is_reported_from_its_trial_folders_as_the_rewritten_folder_was(
     assert not os.path.exists(os.path.join(sweep, "metrics.parquet"))  # nothing was copied into the sweep folder
     md = [open(os.path.join(d, "report.md")).read().replace(d, "OUT") for d in (sweep, ref)]
     assert md[0] == md[1]
+
+
+def test_composition_section_counts_what_each_selector_picked(tmp_path):
+    """Selections written for a synthetic run: the page's table shows the shares counted here by hand."""
+    from lhas_ray.schemas import SELECTIONS
+
+    out = str(tmp_path)
+    build_synthetic_run(out, selectors=("random", "rds"), seeds=(0, 1), n_stages=2, probe_steps=4)
+    store = ResultStore(out)
+    roles = {
+        "random": ["target", "related", "unrelated", "unrelated"],
+        "rds": ["target", "target", "target", "related"],
+    }
+    for sel, tags in roles.items():
+        for seed in (0, 1):
+            for t in (1, 2):
+                table = pa.table(
+                    {
+                        "example_id": [10 * t + i for i in range(4)],
+                        "skill": ["sort"] * 4,
+                        "tags": [[r, "noise"] if i == 0 else [r] for i, r in enumerate(tags)],
+                        "order": list(range(4)),
+                    },
+                    schema=SELECTIONS,
+                )
+                store.write_parquet(f"selections/{sel}/s{seed}/stage{t}.parquet", table)
+    page = _page(write_report(out))
+    assert "<section id='composition'>" in page
+    section = page[page.index("<section id='composition'>") :].split("</section>")[0]
+    assert len(IMG.findall(section)) == 2  # the stacked shares and the overlap heatmaps
+    cells = [re.findall(r"<td>\s*([^<]*?)\s*</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", section, re.S)]
+    shares = {row[0]: [float(v) for v in row[1:]] for row in cells if row}
+    header = re.findall(r"<th>\s*([^<]*?)\s*</th>", section)
+    assert header[:6] == ["selector", "s1 duplicate", "s1 noise", "s1 related", "s1 target", "s1 unrelated"]
+    assert shares["random"][:5] == [0, 25, 25, 25, 50] and shares["random"][5:] == shares["random"][:5]
+    assert shares["rds"][:5] == [0, 25, 25, 75, 0]

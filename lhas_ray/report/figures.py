@@ -307,3 +307,66 @@ def fig_trials(trials: pd.DataFrame, importances_table: pd.DataFrame | None = No
 def pareto_front_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Mask of the points no other point beats on both x and y (both maximised): ``pareto_mask`` of the pairs."""
     return pareto_mask(np.column_stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)]))
+
+
+def fig_composition(shares: pd.DataFrame, colors: dict[str, tuple]) -> Figure_:
+    """One panel per stage: each selector's selection as stacked shares (roles, or skills for real-data pools)."""
+    stages = sorted(shares["stage"].unique())
+    kinds = [k for k in ("target", "related", "unrelated") if k in set(shares["kind"])] or sorted(
+        shares["kind"].unique()
+    )
+    flags = [k for k in ("noise", "duplicate") if k in set(shares["kind"]) and k not in kinds]
+    mean = shares.groupby(["stage", "selector", "kind"])["share"].mean()
+    selectors = list(colors) or sorted(shares["selector"].unique())
+    fig = Figure(figsize=(min(4.0 * len(stages), 14) + 1.5, 0.28 * len(selectors) + 1.4))
+    axes = fig.subplots(1, len(stages), squeeze=False, sharey=True)[0]
+    palette = {"target": "#1b9e77", "related": "#7570b3", "unrelated": "#bdbdbd"}
+    from matplotlib import colormaps
+
+    others = colormaps["tab20"]
+    for ax, stage in zip(axes, stages, strict=True):
+        present = [s for s in selectors if (stage, s) in mean.index.droplevel("kind")]
+        left = np.zeros(len(present))
+        for i, kind in enumerate(kinds):
+            vals = np.array([mean.get((stage, s, kind), 0.0) for s in present])
+            ax.barh(present, vals, left=left, color=palette.get(kind, others(i % 20)), label=kind, height=0.7)
+            left += vals
+        for flag, marker in zip(flags, ("x", "+"), strict=False):
+            vals = [mean.get((stage, s, flag), np.nan) for s in present]
+            ax.scatter(vals, present, marker=marker, color="k", s=18, label=f"{flag} share", zorder=3)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"stage {stage}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].invert_yaxis()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=0.22, wspace=0.08)
+    caption = (
+        "Bars: share of each stage's selection by its role towards that stage's targets (built-in pools: target, "
+        "related to a target, unrelated), mean over seeds; markers: the share that is noise (corrupted answers) and "
+        "exact duplicates, each on its own scale 0-1."
+        if flags or kinds[0] == "target"
+        else "Share of each stage's selection by skill (domain), mean over seeds."
+    )
+    return Figure_("composition", "composition", "What each selector picked", caption, png(fig))
+
+
+def fig_overlap(by_stage: dict[int, pd.DataFrame]) -> Figure_:
+    """Small multiples: the Jaccard overlap of every two selectors' selections, one heatmap per stage."""
+    stages = sorted(by_stage)
+    n = len(next(iter(by_stage.values())))
+    fig = Figure(figsize=(min(4.2 * len(stages), 14) + 0.8, 0.3 * n + 1.6))
+    axes = fig.subplots(1, len(stages), squeeze=False)[0]
+    im = None
+    for ax, stage in zip(axes, stages, strict=True):
+        J = by_stage[stage]
+        im = ax.imshow(J.to_numpy(dtype=float), vmin=0, vmax=1, cmap="magma")
+        ax.set_xticks(range(len(J)), J.columns, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(J)), J.index if ax is axes[0] else [], fontsize=6)
+        ax.set_title(f"stage {stage}", fontsize=9)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="Jaccard |A∩B| / |A∪B|")
+    caption = (
+        "How much two selectors' selections share, per stage: 1 = the same examples, 0 = none in common (mean over "
+        "the seeds both ran). Selectors that pick alike cannot differ much later, whatever their names."
+    )
+    return Figure_("overlap", "composition", "Overlap between selectors' selections", caption, png(fig))

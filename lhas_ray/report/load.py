@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lhas_ray.config import DataConfig, EvaluationConfig, ProbeConfig, SelectorConfig, TuningConfig
+from lhas_ray.evaluation.composition import read_selections
 from lhas_ray.evaluation.metrics import (
     missing_units,
     read_long_tables,
@@ -57,6 +58,7 @@ class RunInputs:
     sample: str | None = None  # "held-out" or "in-sample" where the run belongs to a sweep's protocol, else None
     objective: str = ""  # tune.objective, the quantity the confirmation's headline tests
     importances: pd.DataFrame | None = None  # OUT/importances.parquet of a sweep (param, objective, importance)
+    selections: pd.DataFrame | None = None  # every committed selection (evaluation.composition.read_selections)
 
 
 def read_config(store: ResultStore) -> dict:
@@ -139,9 +141,11 @@ def load_run(store: ResultStore) -> RunInputs:
         metrics, curves, timings = read_long_tables(store)
         terms = store.read_table("terms")
         terms = None if terms is None else terms.to_pandas()
+        selections = read_selections(store)
     else:
         t = read_runs(runs)
         metrics, curves, timings, terms = t["metrics"], t["curves"], t["timings"], t["terms"]
+        selections = _concat([read_selections(run, label) for label, run in runs])
     if metrics is None:
         raise ValueError(f"{store.uri}: the run has no committed metrics (metrics.parquet is missing or uncommitted)")
     problems = missing_units(metrics, **expected_units(cfg))
@@ -170,6 +174,7 @@ def load_run(store: ResultStore) -> RunInputs:
         run_sample(tune, trials is not None),
         tune.objective if "tune" in cfg else "",
         importances,
+        selections,
     )
 
 

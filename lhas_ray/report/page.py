@@ -14,6 +14,7 @@ import logging
 
 import pandas as pd
 
+from lhas_ray.evaluation.composition import composition, composition_table, jaccard
 from lhas_ray.evaluation.metrics import (
     definitions,
     mean_accuracy_matrices,
@@ -31,8 +32,10 @@ from lhas_ray.report.figures import (
     Figure_,
     colors_for,
     fig_bump,
+    fig_composition,
     fig_heatmaps,
     fig_metrics,
+    fig_overlap,
     fig_pareto,
     fig_timings,
     fig_trials,
@@ -57,7 +60,7 @@ logger = logging.getLogger("lhas_ray.report")
 
 
 # Section ids of report.html, in page order; "tuning" appears only when OUT/trials.parquet exists, "objective-terms"
-# only when a selector recorded its objective's terms (lhas).
+# only when a selector recorded its objective's terms (lhas), "composition" only when the run stored selections.
 SECTIONS = (
     "run",
     "verdict",
@@ -68,6 +71,7 @@ SECTIONS = (
     "rank-reversal",
     "myopia",
     "final-metrics",
+    "composition",
     "objective-terms",
     "timings",
     "tuning",
@@ -141,6 +145,7 @@ TITLES = {
     "rank-reversal": "Rank reversal",
     "myopia": "Myopia",
     "final-metrics": "Final metrics",
+    "composition": "What each selector picked",
     "timings": "Timings",
     "tuning": "Tuning",
     "confirmation": "Held-out confirmation",
@@ -156,6 +161,14 @@ def section_tables(run: RunInputs, ranking: Ranking) -> dict[str, list[tuple[str
         "rank-reversal": [("Immediate ranking versus each long-horizon ranking", tau_table(ranking))],
         "myopia": [],
         "final-metrics": [("Each metric at its final stage: mean ± std over seeds (#rank)", final_table(ranking))],
+        "composition": []
+        if run.selections is None
+        else [
+            (
+                "Share of each stage's selection (s<t> <kind>), % of the budget, mean over seeds",
+                composition_table(composition(run.selections)),
+            )
+        ],
         "objective-terms": []
         if run.terms is None or run.terms.empty
         else [("Contribution of each term to J of the selected set, mean over seeds", terms_table(run.terms))],
@@ -248,6 +261,7 @@ def render(
         "tuning": run.trials is not None,
         "objective-terms": has_terms,
         "confirmation": run.confirmation is not None,
+        "composition": run.selections is not None,
     }
     sections = [s for s in SECTIONS if shown.get(s, True)]
 
@@ -322,6 +336,11 @@ def write_report(out: str, *, tensorboard: bool = True) -> str:
         fig_pareto(ranking, colors),
         fig_timings(run.timings) if run.timings is not None else None,
         fig_trials(run.trials, run.importances) if run.trials is not None else None,
+        *(
+            [fig_composition(composition(run.selections), colors), fig_overlap(jaccard(run.selections))]
+            if run.selections is not None
+            else []
+        ),
     ]
     figures = [f for f in figures if f is not None]
     page, md = render(run, trajectory, ranking, figures, T)
