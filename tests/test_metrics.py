@@ -6,13 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lhas_ray.evaluation.metrics import (
+from lhas_ray.evaluation.definitions import (
     DEFINITIONS,
     FORGETTING_TEXT,
     HIGHER_IS_BETTER,
     MATRIX_METRICS,
     METRICS,
     definitions,
+)
+from lhas_ray.evaluation.metrics import (
     imbalance,
     matrix_metrics,
     missing_units,

@@ -14,7 +14,7 @@ from scipy import stats as sps
 from scipy.stats import kendalltau
 
 from lhas_ray.evaluation import ranking as rk
-from lhas_ray.evaluation.metrics import COMPANIONS, HIGHER_IS_BETTER, LONG_HORIZON, METRICS
+from lhas_ray.evaluation.definitions import COMPANIONS, HIGHER_IS_BETTER, LONG_HORIZON, METRICS
 from lhas_ray.evaluation.ranking import (
     MIN_SEEDS_TAU_INTERVAL,
     discordant_share,

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from lhas_ray.evaluation.metrics import FORGETTING_TEXT, definitions, trajectory_metrics
+from lhas_ray.evaluation.definitions import FORGETTING_TEXT, definitions
+from lhas_ray.evaluation.metrics import trajectory_metrics
 from lhas_ray.evaluation.ranking import rank_analysis
 from lhas_ray.report import SECTIONS, write_report, write_tensorboard
 from lhas_ray.report.figures import pareto_front_of as pareto_front

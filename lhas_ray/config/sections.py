@@ -257,7 +257,7 @@ class EvaluationConfig(_Strict):
     @field_validator("myopia_metrics")
     @classmethod
     def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
-        from lhas_ray.evaluation.metrics import COMPANIONS, LONG_HORIZON
+        from lhas_ray.evaluation.definitions import COMPANIONS, LONG_HORIZON
 
         allowed = [m for m in LONG_HORIZON if m not in COMPANIONS]
         bad = [m for m in names or [] if m not in allowed]

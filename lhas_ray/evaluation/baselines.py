@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lhas_ray.evaluation.cube import NOW, Cube
-from lhas_ray.evaluation.metrics import COMPANIONS, LONG_HORIZON
+from lhas_ray.evaluation.definitions import COMPANIONS, LONG_HORIZON
 from lhas_ray.evaluation.stats import holm, sign_flip_pvalue, t_interval
 
 DIFF_COLUMNS = ["baseline", "selector", "metric", "stage", "diff", "lo", "hi", "n_seeds", "p_raw", "p_holm"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lhas_ray.evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from lhas_ray.evaluation.definitions import HIGHER_IS_BETTER, METRICS
 
 NOW = ("immediate", 1)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lhas_ray.evaluation.metrics import METRICS
+from lhas_ray.evaluation.definitions import METRICS
 
 PREFIXES = ("mean_", "first_")
 

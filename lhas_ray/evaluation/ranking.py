@@ -41,7 +41,7 @@ from lhas_ray.evaluation.cube import (  # noqa: F401  (the shared vocabulary of 
     kendall_tau_b,
     pareto_mask,
 )
-from lhas_ray.evaluation.metrics import COMPANIONS, LONG_HORIZON
+from lhas_ray.evaluation.definitions import COMPANIONS, LONG_HORIZON
 from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lhas_ray.evaluation.metrics import (
-    HIGHER_IS_BETTER,
-)
+from lhas_ray.evaluation.definitions import HIGHER_IS_BETTER
 from lhas_ray.evaluation.ranking import (
     NOW,
     Ranking,

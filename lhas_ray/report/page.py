@@ -15,8 +15,8 @@ import logging
 import pandas as pd
 
 from lhas_ray.evaluation.composition import composition, composition_table, jaccard
+from lhas_ray.evaluation.definitions import definitions
 from lhas_ray.evaluation.metrics import (
-    definitions,
     mean_accuracy_matrices,
     trajectory_metrics,
     trajectory_table,

@@ -31,7 +31,8 @@ import yaml
 from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
 from lhas_ray.evaluation.formulas import parse_formula, stage_scores
-from lhas_ray.evaluation.metrics import HIGHER_IS_BETTER, read_long_tables, run_trajectory
+from lhas_ray.evaluation.definitions import HIGHER_IS_BETTER
+from lhas_ray.evaluation.metrics import read_long_tables, run_trajectory
 from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
 from lhas_ray.store import ResultStore
 

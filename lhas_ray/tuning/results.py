@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lhas_ray.config import ExperimentConfig, dump_config
-from lhas_ray.evaluation.metrics import METRICS
+from lhas_ray.evaluation.definitions import METRICS
 from lhas_ray.evaluation.ranking import pareto_mask
 from lhas_ray.store import ResultStore
 from lhas_ray.tuning.configs import best_config, trial_config
