@@ -1,4 +1,4 @@
-"""``lhas-ray``: run | demo | validate | report | tune | confirm. The only entry point, also inside ``ray job submit``."""
+"""``lhas-ray``: run | demo | validate | report | tune | confirm | export. The only entry point, also inside ``ray job submit``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,22 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-report", action="store_true", help="skip writing the sweep's report at the end")
     tune.add_argument(
         "--no-confirm", action="store_true", help="skip the held-out confirmation (tune.heldout_seeds) at the end"
+    )
+
+    exp = sub.add_parser("export", help="write one selection (selector, seed, stage) of a run as a dataset")
+    exp.add_argument("output", help="the run's results folder")
+    exp.add_argument("--selector", required=True, help="selector key, as in the run's config (its label if it has one)")
+    exp.add_argument("--seed", type=int, required=True, help="trajectory seed")
+    exp.add_argument("--stage", type=int, required=True, help="stage (1..T)")
+    exp.add_argument("--to", required=True, help="destination folder (new or empty)")
+    exp.add_argument(
+        "--format",
+        choices=["hf", "jsonl", "parquet"],
+        default="hf",
+        help="hf: datasets.load_from_disk(DIR); jsonl / parquet: DIR/data.* for load_dataset (default hf)",
+    )
+    exp.add_argument(
+        "--push-to-hub", metavar="REPO", help="also push it to the Hugging Face Hub (needs network, login)"
     )
 
     conf = sub.add_parser(
@@ -191,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "tune":
             return _tune(args)
+        if args.command == "export":
+            from lhas_ray.export import ExportRequest, export_selection
+
+            req = ExportRequest(args.output, args.selector, args.seed, args.stage, args.to, args.format)
+            print(f"exported to {export_selection(req, push_to_hub=args.push_to_hub)}")
+            return 0
         if args.command == "confirm":
             return _confirm(args.output, args.seeds, args.ray_address, report=not args.no_report)
         cfg = load_config("demo" if args.command == "demo" else args.config, args.overrides)
