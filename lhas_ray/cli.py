@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 import time
 
 from lhas_ray.config import ConfigError, ExperimentConfig, load_config
+from lhas_ray.console import LOGS, configure_console
+from lhas_ray.store import ResultStore
 
 DEMO_OUTPUT = "outputs/demo"
 
@@ -26,6 +28,15 @@ def _parser() -> argparse.ArgumentParser:
             default=[],
             metavar="KEY=VALUE",
             help="override a config field, e.g. --set training.lr=1e-3 --set stages.0.budget=50",
+        )
+        add_verbose(sp)
+
+    def add_verbose(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--verbose",
+            "-v",
+            action="store_true",
+            help="show everything Ray, DeepSpeed, torch and transformers print (default: only in OUT/logs/)",
         )
 
     run = sub.add_parser("run", help="run (or resume) an experiment")
@@ -56,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set tune.objective='acc - forgetting'",
     )
+    add_verbose(tune)
     tune.add_argument("--space", help="search-space YAML, e.g. search_spaces/lhas_default.yaml (default: tune.space)")
     tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials)")
     tune.add_argument("--output", "-o", help="sweep folder or URI (default: the config's 'output')")
@@ -96,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--seeds", type=int, nargs="+", help="held-out seeds (default: the sweep's tune.heldout_seeds)")
     conf.add_argument("--ray-address", help="'auto' inside `ray job submit`; default: start a local Ray")
     conf.add_argument("--no-report", action="store_true", help="skip writing the reports at the end")
+    add_verbose(conf)
     return p
 
 
@@ -121,11 +134,18 @@ def accuracy_text(out: str) -> str:
     return "\n".join(lines)
 
 
-def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool) -> int:
+def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool, verbose: bool = False) -> int:
     from lhas_ray.launch import run_experiment
 
+    logs = ResultStore(out).local_path(LOGS)
+    units = len(cfg.selectors) * len(cfg.seeds) * (len(cfg.stages) + 1)
+    print(
+        f"lhas-ray run {cfg.name}: {len(cfg.selectors)} selectors x {len(cfg.seeds)} seeds x {len(cfg.stages)} stages "
+        f"(+ the base model) = {units} units into {out}" + (f"; logs in {logs}" if logs else ""),
+        flush=True,
+    )
     start = time.perf_counter()
-    run_experiment(cfg, out, address)
+    run_experiment(cfg, out, address, verbose)
     print(f"\nfinished in {time.perf_counter() - start:.0f}s; results in {out}")
     print(accuracy_text(out))
     if report:
@@ -163,14 +183,22 @@ def _tune(args: argparse.Namespace) -> int:
     from lhas_ray.tuning.results import sweep_summary
     from lhas_ray.tuning.sweep import run_sweep
 
+    logs = ResultStore(out).local_path(LOGS)
+    print(
+        f"lhas-ray tune {cfg.name}: {trials} trials of {len(cfg.seeds)} seeds x {len(cfg.stages)} stages, "
+        f"scheduler {cfg.tune.scheduler}, into {out}" + (f"; logs in {logs}" if logs else ""),
+        flush=True,
+    )
     start = time.perf_counter()
-    result = run_sweep(cfg, space, out, trials=trials, address=args.ray_address, resume=bool(args.resume))
+    result = run_sweep(
+        cfg, space, out, trials=trials, address=args.ray_address, resume=bool(args.resume), verbose=args.verbose
+    )
     print(f"\nsweep finished in {time.perf_counter() - start:.0f}s; results in {out}")
     print(sweep_summary(result, cfg))
     if result.best is None:
         return 1
     if cfg.tune.heldout_seeds and not args.no_confirm:
-        return _confirm(out, None, args.ray_address, report=not args.no_report)
+        return _confirm(out, None, args.ray_address, report=not args.no_report, verbose=args.verbose)
     if not args.no_report:
         from lhas_ray.report import write_report
 
@@ -178,13 +206,13 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(out: str, seeds: list[int] | None, address: str | None, report: bool) -> int:
+def _confirm(out: str, seeds: list[int] | None, address: str | None, report: bool, verbose: bool = False) -> int:
     """``lhas-ray confirm``: baselines on the development seeds, then the tuned weights on the held-out ones."""
     from lhas_ray.tuning.confirm import CONFIRM_DIR, confirm, confirmation_summary
     from lhas_ray.tuning.trials import child_uri
 
     start = time.perf_counter()
-    result = confirm(out, address=address, seeds=seeds)
+    result = confirm(out, address=address, seeds=seeds, verbose=verbose)
     print(f"\nconfirmation finished in {time.perf_counter() - start:.0f}s; results in {child_uri(out, CONFIRM_DIR)}")
     print(confirmation_summary(result))
     if report:
@@ -195,10 +223,16 @@ def _confirm(out: str, seeds: list[int] | None, address: str | None, report: boo
     return 0
 
 
+def _logs_hint(args: argparse.Namespace) -> str:
+    """Where the full output of a failed command is (OUT/logs/), when OUT is a local folder."""
+    out = getattr(args, "output", None) or (args.resume if isinstance(getattr(args, "resume", None), str) else None)
+    logs = ResultStore(out).local_path(LOGS) if out else None
+    return f"\nFull logs (driver and every Train worker): {logs}" if logs and os.path.isdir(logs) else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    configure_console(getattr(args, "verbose", False))
     try:
         if args.command == "report":
             from lhas_ray.report import write_report
@@ -214,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported to {export_selection(req, push_to_hub=args.push_to_hub)}")
             return 0
         if args.command == "confirm":
-            return _confirm(args.output, args.seeds, args.ray_address, report=not args.no_report)
+            return _confirm(args.output, args.seeds, args.ray_address, report=not args.no_report, verbose=args.verbose)
         cfg = load_config("demo" if args.command == "demo" else args.config, args.overrides)
         if args.command == "validate":
             print(
@@ -224,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.output or cfg.output
         if not out:
             raise ConfigError("no output folder: pass --output OUT or set 'output' in the config")
-        return _run(cfg, out, args.ray_address, report=not args.no_report)
+        return _run(cfg, out, args.ray_address, report=not args.no_report, verbose=args.verbose)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"lhas-ray: error: {e}", file=sys.stderr)
         return 2
@@ -234,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(e, TrainingFailedError):
             raise
         print(
-            f"lhas-ray: training failed: {e}\nEvery completed stage is saved; run the same command again to resume.",
+            f"lhas-ray: training failed: {e}\nEvery completed stage is saved; run the same command again to resume."
+            + _logs_hint(args),
             file=sys.stderr,
         )
         return 1

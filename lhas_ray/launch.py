@@ -24,6 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
+from lhas_ray.console import library_prints, log_to_folder, route_library_logs, watch_units
 from lhas_ray.local_ray import start_local_ray
 from lhas_ray.progress import quiet_libraries
 from lhas_ray.protocol import pool_key, trajectory_worker
@@ -57,15 +58,21 @@ def ensure_same_run(store: ResultStore, cfg: ExperimentConfig) -> None:
         )
 
 
-def init_ray(cfg: ExperimentConfig, address: str | None) -> float:
-    """Connect to a cluster (address) or start a local Ray sized to this machine; returns the seconds it took."""
+def init_ray(cfg: ExperimentConfig, address: str | None, verbose: bool = False) -> float:
+    """Connect to a cluster (address) or start a local Ray sized to this machine; returns the seconds it took.
+
+    Workers' and actors' output reaches this terminal only when ``verbose`` (it is in OUT/logs/ otherwise)."""
     start = time.perf_counter()
     if not ray.is_initialized():
+        if not verbose:  # Ray's import added its own terminal handler; ray.init logs through it
+            route_library_logs()
         addr = address or cfg.ray.address
         if addr:
-            ray.init(address=addr, log_to_driver=True)
+            ray.init(address=addr, log_to_driver=verbose)
         else:
-            start_local_ray(cfg.ray.num_cpus)
+            start_local_ray(cfg.ray.num_cpus, log_to_driver=verbose)
+        if not verbose:
+            route_library_logs()
     return time.perf_counter() - start
 
 
@@ -79,10 +86,20 @@ def trajectory_groups(cfg: ExperimentConfig, store: ResultStore) -> list[list[tu
     return [pending[i::n] for i in range(n)] if n else []
 
 
-def fit_group(cfg: ExperimentConfig, out: str, data: RunData, group: list, fixed: dict, name: str, callbacks=None):
+def fit_group(
+    cfg: ExperimentConfig,
+    out: str,
+    data: RunData,
+    group: list,
+    fixed: dict,
+    name: str,
+    callbacks=None,
+    verbose: bool = False,
+):
     """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost).
 
-    The workers get the suites of the group's seeds (without pools) and, as Ray Datasets, only the pools they use.
+    The workers get the suites of the group's seeds (without pools) and, as Ray Datasets, only the pools they use;
+    they write their output to OUT/logs/NAME-rank<r>.log unless ``verbose``.
     """
     seeds = sorted({seed for _, seed in group})
     suites = {seed: data.suites[seed] for seed in seeds}
@@ -98,6 +115,8 @@ def fit_group(cfg: ExperimentConfig, out: str, data: RunData, group: list, fixed
             "trajectories": group,
             "fixed_costs": fixed,
             "fit_started": time.time(),
+            "name": name,
+            "verbose": verbose,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.training.num_workers,
@@ -170,22 +189,32 @@ def run_data(cfg: ExperimentConfig, suites: dict[int, Suite]) -> RunData:
 POOL_LEAKS_SCHEMA = schemas.POOL_LEAKS
 
 
-def run_experiment(cfg: ExperimentConfig, out: str, address: str | None = None) -> ResultStore:
-    """Run (or resume) every trajectory of the experiment into ``out``; returns the store."""
+def run_units(cfg: ExperimentConfig) -> list[Unit]:
+    """Every unit a run commits, in the order its trajectories run them (stage 0: the base model's evaluation)."""
+    return [Unit(s.key, seed, t) for seed in cfg.seeds for s in cfg.selectors for t in range(len(cfg.stages) + 1)]
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out: str, address: str | None = None, verbose: bool = False, live: bool | None = None
+) -> ResultStore:
+    """Run (or resume) every trajectory of the experiment into ``out``; returns the store. Progress: a line per
+    committed unit (a live bar when ``live``, default: stdout is a terminal)."""
     store = ResultStore(out)
     out = store.uri  # absolute: the Train workers do not share the driver's working directory
     suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
     ensure_same_run(store, cfg)
-    ray_start = init_ray(cfg, address)
+    log_to_folder(out)
+    ray_start = init_ray(cfg, address, verbose)
     quiet_libraries()
     data = run_data(cfg, suites)
     store.write_parquet("pool_leaks.parquet", data.removed)
     groups = trajectory_groups(cfg, store)
     fixed = {"ray_start": ray_start}  # booked to the first unit the run commits
-    if len(groups) == 1:
-        fit_group(cfg, out, data, groups[0], fixed, name=f"{cfg.name}-group0")
-    elif groups:
-        run_groups_side_by_side(cfg, out, data, groups, fixed)
+    with watch_units(store, run_units(cfg), live=live):
+        if len(groups) == 1:
+            fit_group(cfg, out, data, groups[0], fixed, name=f"{cfg.name}-group0", verbose=verbose)
+        elif groups:
+            run_groups_side_by_side(cfg, out, data, groups, fixed, verbose)
     return store
 
 
@@ -195,13 +224,16 @@ def group_trainable(config: dict, *, plan: dict, data: RunData) -> None:
     i = int(config["group"])
     group = [tuple(t) for t in plan["groups"][i]]
     fixed = plan["fixed"] if i == 0 else {}
-    fit_group(cfg, plan["out"], data, group, fixed, name=f"{cfg.name}-group{i}", callbacks=[TuneReportCallback()])
+    name = f"{cfg.name}-group{i}"
+    fit_group(cfg, plan["out"], data, group, fixed, name, callbacks=[TuneReportCallback()], verbose=plan["verbose"])
 
 
-def run_groups_side_by_side(cfg: ExperimentConfig, out: str, data: RunData, groups: list, fixed_costs: dict) -> None:
+def run_groups_side_by_side(
+    cfg: ExperimentConfig, out: str, data: RunData, groups: list, fixed_costs: dict, verbose: bool = False
+) -> None:
     """Run ``run``'s trajectory groups as concurrent Tune trials (one Train run each); raise if any group failed."""
     out = ResultStore(out).uri
-    plan = {"cfg": cfg.model_dump(mode="json"), "out": out, "groups": groups, "fixed": fixed_costs}
+    plan = {"cfg": cfg.model_dump(mode="json"), "out": out, "groups": groups, "fixed": fixed_costs, "verbose": verbose}
     storage, fs = tune_storage(ResultStore(out))
     tuner = tune.Tuner(
         trial_resources(group_trainable, plan=plan, data=data),
@@ -216,6 +248,7 @@ def run_groups_side_by_side(cfg: ExperimentConfig, out: str, data: RunData, grou
             verbose=0,
         ),
     )
-    errors = tuner.fit().errors
+    with library_prints(out, verbose):
+        errors = tuner.fit().errors
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(groups)} trajectory groups failed; first error: {errors[0]}")

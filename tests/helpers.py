@@ -47,7 +47,7 @@ def sweep_config(**tune) -> dict:
     return raw
 
 
-def fake_protocol(cfg, out, data, group, fixed, name, callbacks):
+def fake_protocol(cfg, out, data, group, fixed, name, callbacks, verbose=False):
     """Commit every unit with accuracy 0.5 if l_u >= 1 else 0 (so 'acc / acc' is 1 or NaN), as the protocol would."""
     store = ResultStore(out)
     acc = 0.5 if cfg.selectors[0].params["l_u"] >= 1 else 0.0

@@ -170,7 +170,7 @@ def test_the_best_myopic_selector_is_the_best_immediate_one_random_aside():
 
 
 # --- a sweep and its confirmation: the held-out seeds never reach the sweep -------------------------------------------
-def recording_protocol(cfg, out, data, group, fixed, name, callbacks):
+def recording_protocol(cfg, out, data, group, fixed, name, callbacks, verbose=False):
     """fake_protocol, and a record of every seed and eval prompt the trial was handed."""
     seen = {
         "cfg_seeds": list(cfg.seeds),

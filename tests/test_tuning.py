@@ -291,6 +291,7 @@ def resumed_sweep(ray_session, tmp_path_factory):
         "killed": killed,
         "resumed_at": started,
         "cfg_path": str(cfg_path),
+        "first_log": str(tmp / "first.log"),
     }
 
 
@@ -305,6 +306,18 @@ def test_resumed_sweep_does_not_rerun_finished_trials(resumed_sweep):
     assert trials["trial"].tolist() == [r["first"], r["second"]]
     assert (trials["stages_done"] == 2).all() and trials["objective"].notna().all()
     assert {"param_l_u", "param_l_a", "immediate_score", "acc", "forgetting", "training_steps"} <= set(trials.columns)
+    # the Optuna study is in OUT/optuna.journal: trial 1, told before the kill, and trial 2, told by the resumed
+    # searcher, are one study's (what optuna-dashboard OUT/optuna.journal shows)
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = JournalStorage(JournalFileBackend(os.path.join(r["out"], "optuna.journal")))
+    study = optuna.load_study(study_name="micro", storage=journal)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    assert sorted(t.value for t in done) == pytest.approx(sorted(trials["objective"]))
+    assert sorted(t.params["l_u"] for t in done) == pytest.approx(sorted(trials["param_l_u"]))
 
 
 @pytest.mark.slow
@@ -342,6 +355,11 @@ def test_every_stage_reaches_tune_and_the_outputs_are_complete(resumed_sweep):
         for t in (r["first"], r["second"])
     }
     assert "warmup" in phases[r["first"]] and "warmup" not in phases[r["second"]]  # the base was shared
+    console = open(r["first_log"]).read()  # what `lhas-ray tune` printed before it was killed: its own lines only
+    assert console.startswith("lhas-ray tune micro: 2 trials") and f"trial {r['first']}: seed 0 stage 1 done" in console
+    for noise in ("Configuration for experiment", "Trial status", "Reporting training result", "View detailed results"):
+        assert noise not in console, noise
+    assert "Configuration for experiment" in open(os.path.join(out, "logs", "driver.log")).read()
     assert not math.isnan(pd.read_parquet(os.path.join(out, "trials.parquet"))["objective"].iloc[0])
 
 

@@ -17,6 +17,7 @@ confirm OUT``, and the end of ``lhas-ray tune`` when the config names ``tune.hel
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -30,8 +31,8 @@ import yaml
 
 from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
-from lhas_ray.evaluation.formulas import parse_formula, stage_scores
 from lhas_ray.evaluation.definitions import HIGHER_IS_BETTER
+from lhas_ray.evaluation.formulas import parse_formula, stage_scores
 from lhas_ray.evaluation.metrics import read_long_tables, run_trajectory
 from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
 from lhas_ray.store import ResultStore
@@ -224,7 +225,12 @@ def plan_confirmation(cfg: ExperimentConfig, best: ExperimentConfig, scores: pd.
 
 
 def confirm(
-    out: str, *, address: str | None = None, seeds: list[int] | None = None, runner: Runner | None = None
+    out: str,
+    *,
+    address: str | None = None,
+    seeds: list[int] | None = None,
+    runner: Runner | None = None,
+    verbose: bool = False,
 ) -> Confirmation:
     """Run (or resume) the held-out confirmation of the sweep in ``out``; see the module docstring for the steps.
 
@@ -246,7 +252,9 @@ def confirm(
     raw["tune"]["heldout_seeds"] = held
     config_from_dict(raw, source=f"{out}/sweep.yaml with tune.heldout_seeds = {held}")
     if runner is None:
-        from lhas_ray.launch import run_experiment as runner
+        from lhas_ray.launch import run_experiment
+
+        runner = functools.partial(run_experiment, verbose=verbose)
     bcfg = baseline_config(cfg)
     base_out = child_uri(out, BASELINES_DIR)
     log.info("confirmation 1/2: the baselines on the development seeds %s, into %s", cfg.seeds, base_out)

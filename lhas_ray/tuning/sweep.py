@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from lhas_ray.config import ExperimentConfig, config_from_dict
+from lhas_ray.console import library_prints, log_to_folder
 from lhas_ray.launch import RunData, build_suites, ensure_same_run, fit_group, init_ray, run_data, trajectory_groups
 from lhas_ray.progress import quiet_libraries
 from lhas_ray.selection import get_selector
@@ -39,6 +40,7 @@ from lhas_ray.tuning.scores import (
 )
 from lhas_ray.tuning.space import SearchSpace, parse_search_space
 from lhas_ray.tuning.trials import (
+    TrialLines,
     child_uri,
     trial_concurrency,
     trial_name,
@@ -48,6 +50,7 @@ from lhas_ray.tuning.trials import (
 )
 
 SWEEP_SPEC = "sweep.yaml"
+OPTUNA_JOURNAL = "optuna.journal"  # the sweep's Optuna study (journal file storage), for optuna-dashboard
 EXPERIMENT = "sweep"
 log = logging.getLogger("lhas_ray.tuning")
 
@@ -69,7 +72,8 @@ def _sweep_trial(base: ExperimentConfig, params: dict, plan: dict, data: RunData
     pending = [t for group in trajectory_groups(cfg, store) for t in group]
     if pending:
         protocol: Callable = plan.get("protocol") or fit_group
-        protocol(cfg, out, data, pending, {}, name=f"trial-{trial_id}", callbacks=[ObjectiveReportCallback(out, cfg)])
+        callbacks = [ObjectiveReportCallback(out, cfg)]
+        protocol(cfg, out, data, pending, {}, f"trial-{trial_id}", callbacks, verbose=plan.get("verbose", False))
     result = trial_scores(store, cfg)
     tune.report(result)
     bad = [k for k in objective_names(cfg) if math.isnan(result[k])]
@@ -174,19 +178,30 @@ class StagewiseOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, None if (partial or error) else result, error)
 
 
-def _searcher(cfg: ExperimentConfig, space: SearchSpace) -> OptunaSearch:
-    """Optuna's TPE, seeded, over the space; multi-objective (immediate, objective) when configured."""
+def _searcher(cfg: ExperimentConfig, space: SearchSpace, store: ResultStore | None = None) -> OptunaSearch:
+    """Optuna's TPE, seeded, over the space; multi-objective (immediate, objective) when configured. Its study lives
+    in ``OUT/optuna.journal`` (Optuna's journal file storage) when OUT is local, so ``optuna-dashboard`` can open it
+    and a resumed sweep's sampler reads every earlier trial from it even where Tune's restore would not."""
     import optuna
 
     names = objective_names(cfg)
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, n_startup_trials=cfg.tune.startup_trials)
     metric = names if len(names) > 1 else names[0]
     mode = ["max"] * len(names) if len(names) > 1 else "max"
+    journal = store.local_path(OPTUNA_JOURNAL) if store is not None else None
+    storage = None
+    if journal:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(journal))
     return StagewiseOptunaSearch(
         space=space.distributions(),
         metric=metric,
         mode=mode,
         sampler=sampler,
+        storage=storage,
+        study_name=cfg.name,
         total_stages=len(cfg.seeds) * len(cfg.stages),
     )
 
@@ -200,17 +215,20 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     protocol: Callable | None = None,
+    verbose: bool = False,
 ) -> SweepResult:
-    """Run (or resume) a sweep of ``trials`` trials into ``out`` and write its tables and best config."""
+    """Run (or resume) a sweep of ``trials`` trials into ``out`` and write its tables and best config. The console
+    gets a line per trial event (``TrialLines``); Tune's own tables only when ``verbose``."""
     n_trials = trials or cfg.tune.trials
     tuned_selector(cfg)  # a bad tune.selector fails before Ray starts
     out = child_uri(out)
     store = ResultStore(out)
     started = _claim_folder(store, sweep_spec(cfg, space, n_trials), resume)
+    log_to_folder(out)
     suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
-    init_ray(cfg, address)
+    init_ray(cfg, address, verbose)
     quiet_libraries()
-    plan = {"mode": "sweep", "cfg": cfg.model_dump(mode="json"), "out": out, "protocol": protocol}
+    plan = {"mode": "sweep", "cfg": cfg.model_dump(mode="json"), "out": out, "protocol": protocol, "verbose": verbose}
     trainable = trial_resources(sweep_trainable, plan=plan, data=run_data(cfg, suites))
     storage, fs = tune_storage(store)
     experiment = posixpath.join(storage, EXPERIMENT)
@@ -223,7 +241,7 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(cfg, space),
+                search_alg=_searcher(cfg, space, store),
                 scheduler=_scheduler(cfg),
                 num_samples=n_trials,
                 max_concurrent_trials=trial_concurrency(cfg),
@@ -238,9 +256,10 @@ def run_sweep(
                 storage_path=storage,
                 storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-                callbacks=tune_callbacks(),
-                verbose=1,
+                callbacks=[*tune_callbacks(), *([] if verbose else [TrialLines(n_trials)])],
+                verbose=1 if verbose else 0,
             ),
         )
-    grid = tuner.fit()
+    with library_prints(out, verbose):
+        grid = tuner.fit()
     return write_sweep_outputs(cfg, space, out, _trial_rows(cfg, out, grid))

@@ -6,6 +6,7 @@ through the results store's filesystem (local, ``file://``, ``s3://``, ``gs://``
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from lhas_ray.config import ExperimentConfig
 from lhas_ray.store import ResultStore
 
 TUNE_DIR = "_tune"
+log = logging.getLogger("lhas_ray.tuning")
 TRIAL_MEMORY = 256 * 1024**2  # bytes a trial (the driver of its Train run) reserves; it reserves no CPU
 
 
@@ -95,3 +97,41 @@ def trial_name(trial) -> str:
     """``t<number>_<trial_id>``: the trial's place in the sweep (kept across restores), then Tune's unique id."""
     number = str(trial.experiment_tag).split("_", 1)[0]
     return f"t{int(number):03d}_{trial.trial_id}" if number.isdigit() else str(trial.trial_id)
+
+
+class TrialLines(tune.Callback):
+    """The sweep's console: a line per committed stage of a trial (with its objective so far), per finished trial
+    and per failed one, instead of Tune's status tables."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.finished = 0
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        if "seed" not in result:  # the trial's closing report (every stage already announced)
+            return
+        log.info(
+            "trial %s: seed %s stage %s done, objective so far %.3f",
+            trial_name(trial),
+            result["seed"],
+            result["stage"],
+            result.get("objective", float("nan")),
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.finished += 1
+        result = trial.last_result or {}
+        log.info(
+            "[%d/%d] trial %s ended after %s stage(s): objective %.3f",
+            self.finished,
+            self.total,
+            trial_name(trial),
+            result.get("stages_done", "?"),
+            result.get("objective", float("nan")),
+        )
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.finished += 1
+        log.warning(
+            "[%d/%d] trial %s failed; its error and logs: %s", self.finished, self.total, trial_name(trial), trial.path
+        )
