@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -190,8 +191,16 @@ def watch_units(store: ResultStore, units: list[Unit], live: bool | None = None,
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
+            size = shutil.get_terminal_size((100, 24))  # a pty that reports 0 x 0 (tqdm would hide the bar): 100 x 24
             bar = stack.enter_context(
-                tqdm(total=len(units), unit="unit", dynamic_ncols=True, bar_format=_BAR, file=sys.stdout)
+                tqdm(
+                    total=len(units),
+                    unit="unit",
+                    ncols=size.columns,
+                    nrows=size.lines,
+                    bar_format=_BAR,
+                    file=sys.stdout,
+                )
             )
             stack.enter_context(logging_redirect_tqdm())
         watch = UnitWatch(store, units, bar)

@@ -98,3 +98,27 @@ def test_what_libraries_print_goes_to_the_driver_log(tmp_path, capsys):
     with library_prints(str(tmp_path), verbose=True):
         print("Trial status: 1 RUNNING")
     assert "Trial status" in capsys.readouterr().out
+
+
+def test_on_a_terminal_the_units_are_one_live_bar(tmp_path, monkeypatch):
+    """live: one tqdm bar that counts every unit and names the last one, drawn on a real pseudo-terminal, which
+    reports 0 x 0 like a CI runner's or `script`'s (tqdm hides a bar whose row is outside a 0-row screen)."""
+    import pty
+
+    master, replica = pty.openpty()
+    terminal = os.fdopen(replica, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", terminal)
+    store = ResultStore(str(tmp_path))
+    units = [Unit("lhas", 0, t) for t in range(3)]
+    try:
+        with watch_units(store, units, interval=0.05) as watch:  # live: stdout is a terminal
+            for unit in units:
+                store.commit(unit)
+                watch.poll()
+        terminal.flush()
+        shown = os.read(master, 1 << 16).decode()
+    finally:
+        terminal.close()
+        os.close(master)
+    assert "3/3 units" in shown and "last lhas seed 0: stage 2" in shown
+    assert "[1/3]" not in shown  # no per-unit lines beside the bar
