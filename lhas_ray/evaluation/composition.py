@@ -85,4 +85,4 @@ def composition_table(shares: pd.DataFrame) -> pd.DataFrame:
     seeds, as percentages."""
     mean = shares.groupby(["selector", "stage", "kind"])["share"].mean().unstack(["stage", "kind"])
     mean.columns = [f"s{stage} {kind}" for stage, kind in mean.columns]
-    return (100 * mean).round(0).reset_index()
+    return (100 * mean).round(0).astype("Int64").reset_index()  # whole percentages
