@@ -25,7 +25,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the documented fields in lhas_ray/config.py)"
+            msg = "unknown key (check the spelling; see the documented fields in lhas_ray/config/sections.py and sources.py)"
         lines.append(
             f"  {loc}: {msg}"
             + (
