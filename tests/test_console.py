@@ -104,6 +104,7 @@ def test_on_a_terminal_the_units_are_one_live_bar(tmp_path, monkeypatch):
     """live: one tqdm bar that counts every unit and names the last one, drawn on a real pseudo-terminal, which
     reports 0 x 0 like a CI runner's or `script`'s (tqdm hides a bar whose row is outside a 0-row screen)."""
     import pty
+    import select
 
     master, replica = pty.openpty()
     terminal = os.fdopen(replica, "w", buffering=1)
@@ -116,7 +117,10 @@ def test_on_a_terminal_the_units_are_one_live_bar(tmp_path, monkeypatch):
                 store.commit(unit)
                 watch.poll()
         terminal.flush()
-        shown = os.read(master, 1 << 16).decode()
+        chunks = []
+        while select.select([master], [], [], 0.5)[0]:  # everything the bar drew, however the pty chunked it
+            chunks.append(os.read(master, 1 << 16))
+        shown = b"".join(chunks).decode()
     finally:
         terminal.close()
         os.close(master)
