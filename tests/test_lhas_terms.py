@@ -119,3 +119,20 @@ def test_term_contributions_sum_to_J_computed_by_hand():
     # the counts behind the concentration contribution: sum_c n_c^2 * C / (2k) over the k-means clusters of the picks
     sq = -conc["contribution"] / 2.0 / conc["unit"]
     assert sq == pytest.approx(round(sq)) and k <= round(sq) <= k * k
+
+
+def test_target_utility_is_the_cosine_to_the_nearest_target_example():
+    """utility 'target' (RDS+'s relevance): LHAS with only l_u picks the k pool examples whose best cosine to any target
+    example is highest, in that order; the selector asks the protocol for the target embeddings."""
+    table, emb, _, _ = _pool(seed=5)
+    targets = np.random.default_rng(9).normal(size=(4, emb.shape[1]))
+    sel = get_selector("lhas", l_u=1.0, l_c=0.0, l_f=0.0, l_a=0.0, utility="target")
+    assert "target_embs" in sel.context_fields and "emb" in sel.requires
+    ids = sel.select(table, 12, SelectionContext(target_embs=targets.astype(np.float32), seed=0))
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    t = targets / np.linalg.norm(targets, axis=1, keepdims=True)
+    best = (x @ t.T).max(axis=1)
+    assert list(ids) == list(np.argsort(-best, kind="stable")[:12])
+    # the other selectors that take a utility ask for the same context
+    assert "target_embs" in get_selector("fl_utility", utility="target").context_fields
+    assert "target_embs" not in get_selector("lhas").context_fields

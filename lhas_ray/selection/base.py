@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from lhas_ray.selection.context import SelectionContext
+from lhas_ray.selection.knn import max_similarity, normalize_rows
 from lhas_ray.selection.pool import Pool, validate_features
 
 UTILITIES: dict[str, tuple[str, float]] = {
@@ -24,7 +25,11 @@ UTILITIES: dict[str, tuple[str, float]] = {
     "quality": ("quality", 1.0),  # e.g. negative reference-model loss
     "el2n": ("el2n", 1.0),
     "grad_norm": ("grad_norm", 1.0),
+    # relevance to the current stage: cosine to the nearest target example (RDS+'s similarity), the myopic utility
+    "target": ("emb", 1.0),
 }
+# utilities that read a selection-context field besides their feature column
+UTILITY_CONTEXT: dict[str, str] = {"target": "target_embs"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,10 @@ class Selector:
         self._check_params()
         self.requires: frozenset[str] = frozenset(self._requires())
         self.optional: frozenset[str] = frozenset(self._optional())
-        self.context_fields: frozenset[str] = frozenset(self._context_fields())
+        context = set(self._context_fields())
+        if self.p.get("utility") in UTILITY_CONTEXT:
+            context.add(UTILITY_CONTEXT[self.p["utility"]])
+        self.context_fields: frozenset[str] = frozenset(context)
 
     def _check_params(self) -> None:
         """Cross-parameter checks; raise ValueError naming the selector."""
@@ -185,4 +193,7 @@ def normalise01(x: np.ndarray) -> np.ndarray:
 def utility_values(pool: Pool, utility: str) -> np.ndarray:
     """The raw utility of every pool example (higher = better) for a utility name in UTILITIES."""
     column, sign = UTILITIES[utility]
+    if utility == "target":
+        best, _ = max_similarity(normalize_rows(pool[column]), normalize_rows(pool.context.target_embs))
+        return best.astype(np.float64)
     return sign * np.asarray(pool[column], dtype=np.float64)
