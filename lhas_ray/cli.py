@@ -169,8 +169,10 @@ def _tune(args: argparse.Namespace) -> int:
 
         out = resume_out or args.output
         cfg, space, trials = load_sweep(out)
+        check_machine(cfg)
     else:
         cfg = load_config(args.config, args.overrides)
+        check_machine(cfg)
         out = resume_out or args.output or cfg.output
         if not out:
             raise ConfigError("no output folder: pass --output OUT or set 'output' in the config")
@@ -223,6 +225,14 @@ def _confirm(out: str, seeds: list[int] | None, address: str | None, report: boo
     return 0
 
 
+def check_machine(cfg: ExperimentConfig) -> None:
+    """Refuse a config whose model folder, packages or data files are not what it says, before any Ray work."""
+    from lhas_ray.config.preflight import preflight
+
+    if problems := preflight(cfg):
+        raise ConfigError("config points at what this machine does not have:\n  " + "\n  ".join(problems))
+
+
 def _logs_hint(args: argparse.Namespace) -> str:
     """Where the full output of a failed command is (OUT/logs/), when OUT is a local folder."""
     out = getattr(args, "output", None) or (args.resume if isinstance(getattr(args, "resume", None), str) else None)
@@ -250,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "confirm":
             return _confirm(args.output, args.seeds, args.ray_address, report=not args.no_report, verbose=args.verbose)
         cfg = load_config("demo" if args.command == "demo" else args.config, args.overrides)
+        check_machine(cfg)
         if args.command == "validate":
+            if cfg.tune.space:
+                from lhas_ray.tuning.space import load_search_space
+
+                load_search_space(cfg.tune.space)
             print(
                 f"{args.config}: valid ({len(cfg.stages)} stages, {len(cfg.selectors)} selectors, {len(cfg.seeds)} seeds)"
             )

@@ -16,6 +16,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from lhas_ray.config import ModelConfig
+from lhas_ray.config.preflight import model_kind
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARS = string.ascii_letters + string.digits + string.punctuation + " "
@@ -62,7 +63,7 @@ def load_pretrained(path: str, cfg: ModelConfig | None = None) -> tuple[torch.nn
 
     Weights load as safetensors where present; ``torch.load`` fallbacks in transformers use ``weights_only``.
     """
-    if os.path.sep in path and not os.path.isdir(path):
+    if model_kind(path) == "local" and not os.path.isdir(os.path.expanduser(path)):
         raise FileNotFoundError(f"model path {path!r} does not exist")
     dtype = getattr(torch, cfg.dtype) if cfg else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -485,21 +485,23 @@ def test_missing_context_is_named(features, context):
 def test_bad_names_and_params_are_named():
     with pytest.raises(ValueError, match="unknown selector 'nope'.*available selectors"):
         get_selector("nope")
-    with pytest.raises(ValueError, match="selector 'lhas' has no parameter 'lambda_u'; allowed parameters"):
+    with pytest.raises(ValueError, match="selector 'lhas' parameter 'lambda_u': no such parameter; allowed parameters"):
         get_selector("lhas", lambda_u=1.0)
-    with pytest.raises(ValueError, match=r"selector 'lhas' parameter 'l_a' must be a finite float in \[0.0, inf\)"):
+    with pytest.raises(ValueError, match=r"selector 'lhas' parameter 'l_a': must be a finite float in \[0.0, inf\)"):
         get_selector("lhas", l_a=-1.0)
-    with pytest.raises(ValueError, match="selector 'lhas' parameter 'utility' must be one of"):
+    with pytest.raises(ValueError, match="selector 'lhas' parameter 'utility': must be one of"):
         get_selector("lhas", utility="vibes")
-    with pytest.raises(ValueError, match="parameter 'greedy' must be one of"):
+    with pytest.raises(ValueError, match="parameter 'greedy': must be one of"):
         get_selector("facility_location", greedy="eager")
-    with pytest.raises(ValueError, match="parameter 'knn' must be an integer >= 1"):
+    with pytest.raises(ValueError, match="parameter 'knn': must be an integer >= 1"):
         get_selector("fl_utility", knn=0)
     with pytest.raises(ValueError, match="at least one must be > 0"):
         get_selector("lhas", l_u=0, l_c=0, l_f=0, l_a=0)
     with pytest.raises(ValueError, match="parameter 'threshold'"):
         get_selector("utility_diversity", threshold=1.5)
-    with pytest.raises(ValueError, match="selector 'loss_high' has no parameter 'seed'; allowed parameters: none"):
+    with pytest.raises(
+        ValueError, match="selector 'loss_high' parameter 'seed': no such parameter; allowed parameters: none"
+    ):
         get_selector("loss_high", seed=1)
 
 

@@ -3,6 +3,8 @@ names, prompt spaces large enough, held-out seeds apart from the tuned ones, OOD
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
@@ -30,7 +32,9 @@ class ExperimentConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="The built-in suite.")
     stages: list[StageConfig] = Field(..., min_length=1, description="The stages, in order (at least one).")
     selectors: list[SelectorConfig] = Field(..., min_length=1, description="Selectors to compare.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Trajectory seeds.")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], min_length=1, description="Trajectory seeds (distinct, >= 0)."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Stage training.")
     probe: ProbeConfig = Field(default_factory=ProbeConfig, description="Future-adaptation probe.")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Pool scoring.")
@@ -55,6 +59,8 @@ class ExperimentConfig(_Strict):
         for i, sel in enumerate(self.selectors):
             if sel.name not in known:
                 raise ValueError(f"selectors.{i}.name: unknown selector {sel.name!r}; available: {sorted(known)}")
+        if problems := selector_param_problems(self.selectors):
+            raise ValueError("\n    ".join(problems))
         keys = [s.key for s in self.selectors]
         if len(set(keys)) != len(keys):
             raise ValueError(f"selectors: duplicate names {keys}; give repeated selectors distinct 'label's")
@@ -167,4 +173,18 @@ def ood_leaks(stages: list[StageConfig]) -> list[str]:
                             f"({other.name!r}): both are drawn from its held-out documents; use a domain no stage "
                             "evaluates on"
                         )
+    return problems
+
+
+def selector_param_problems(selectors: list[SelectorConfig]) -> list[str]:
+    """Each selector's parameters checked against its declared specs (name, type, range, choice), by field path."""
+    from lhas_ray.selection import get_selector
+    from lhas_ray.selection.base import ParamError
+
+    problems = []
+    for i, sel in enumerate(selectors):
+        try:
+            get_selector(sel.name, **sel.params)
+        except ParamError as e:
+            problems.append(f"selectors.{i}.params" + (f".{e.param}" if e.param else "") + f": {e.detail}")
     return problems

@@ -22,8 +22,11 @@ class ConfigError(ValueError):
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if not loc:  # a check across fields: its message names the fields itself
+            lines.append(f"  {msg}")
+            continue
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the documented fields in lhas_ray/config/sections.py and sources.py)"
         lines.append(

@@ -3,7 +3,7 @@ tune), each a strict pydantic model whose fields carry their documentation where
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -314,7 +314,7 @@ class TuningConfig(_Strict):
         1, ge=0, description="Retries of a failed trial (a Train worker died...); it resumes from its last stage."
     )
     report_top: int = Field(8, ge=1, description="The sweep's report compares the best N completed trials.")
-    heldout_seeds: list[int] = Field(
+    heldout_seeds: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=list,
         description="Seeds the sweep never sees: after it, `lhas-ray confirm` reruns the best weights beside the "
         "baselines on them, each seed with a fresh data draw (empty: no confirmation).",

@@ -92,6 +92,15 @@ OPTIMISER_PARAMS: dict[str, Param] = {
 }
 
 
+class ParamError(ValueError):
+    """A bad selector parameter: ``param`` names it (None for a check across parameters), ``detail`` says what is wrong."""
+
+    def __init__(self, selector: str, param: str | None, detail: str) -> None:
+        where = f"selector '{selector}' parameter {param!r}" if param else f"selector '{selector}'"
+        super().__init__(f"{where}: {detail}")
+        self.param, self.detail = param, detail
+
+
 class Selector:
     """Base class: checks parameters once, validates every input before work, maps positions back to example_ids."""
 
@@ -102,13 +111,13 @@ class Selector:
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             allowed = sorted(self.params) or "none"
-            raise ValueError(f"selector '{self.name}' has no parameter {unknown[0]!r}; allowed parameters: {allowed}")
+            raise ParamError(self.name, unknown[0], f"no such parameter; allowed parameters: {allowed}")
         self.p: dict[str, Any] = {}
         for key, spec in self.params.items():
             value = params.get(key, spec.default)
             checked = spec.check(value)
             if checked is None:
-                raise ValueError(f"selector '{self.name}' parameter {key!r} must be {spec.allowed}, got {value!r}")
+                raise ParamError(self.name, key, f"must be {spec.allowed}, got {value!r}")
             self.p[key] = None if checked is _NONE else checked
         self._check_params()
         self.requires: frozenset[str] = frozenset(self._requires())

@@ -32,6 +32,7 @@ import numpy as np
 from lhas_ray.selection.base import (
     OPTIMISER_PARAMS,
     UTILITIES,
+    ParamError,
     Selector,
     choice_param,
     float_param,
@@ -74,9 +75,7 @@ class LHAS(Selector):
 
     def _check_params(self) -> None:
         if not any(self.p[w] > 0 for w in ("l_u", "l_c", "l_f", "l_a")):
-            raise ValueError(
-                "selector 'lhas' parameters 'l_u', 'l_c', 'l_f', 'l_a' are all 0; at least one must be > 0"
-            )
+            raise ParamError("lhas", None, "'l_u', 'l_c', 'l_f', 'l_a' are all 0; at least one must be > 0")
 
     def _requires(self) -> set[str]:
         p, need = self.p, set()

@@ -9,7 +9,6 @@ capability tags. Rows are sampled with a seed, and the columns are read as Arrow
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,20 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lhas_ray.config.preflight import data_file_patterns, matched_files
 from lhas_ray.config.sources import HFSourceConfig
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, SPLITS, validate_examples
 
 
 def _check_files(spec: HFSourceConfig) -> None:
     """Fail before datasets does, naming every local data file or glob that matches nothing."""
-    files = spec.data_files
-    if files is None:
-        return
-    if isinstance(files, Mapping):
-        items = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
-    else:
-        items = [files] if isinstance(files, str) else list(files)
-    missing = [f for f in items if "://" not in f and not glob.glob(os.path.expanduser(f), recursive=True)]
+    missing = [f for f in data_file_patterns(spec) if not matched_files(f)]
     if missing:
         raise FileNotFoundError(f"hf source {spec.source!r}: data_files not found: {missing}")
 
