@@ -8,8 +8,7 @@ import sys
 import time
 
 from lhas_ray.config import ConfigError, ExperimentConfig, load_config
-from lhas_ray.console import LOGS, configure_console
-from lhas_ray.store import ResultStore
+from lhas_ray.console import configure_console, logs_dir
 
 DEMO_OUTPUT = "outputs/demo"
 
@@ -137,7 +136,7 @@ def accuracy_text(out: str) -> str:
 def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool, verbose: bool = False) -> int:
     from lhas_ray.launch import run_experiment
 
-    logs = ResultStore(out).local_path(LOGS)
+    logs = logs_dir(out)
     units = len(cfg.selectors) * len(cfg.seeds) * (len(cfg.stages) + 1)
     print(
         f"lhas-ray run {cfg.name}: {len(cfg.selectors)} selectors x {len(cfg.seeds)} seeds x {len(cfg.stages)} stages "
@@ -182,10 +181,11 @@ def _tune(args: argparse.Namespace) -> int:
         trials = args.trials or cfg.tune.trials
         if trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {trials}")
+    args.output = out  # resolved (from --resume or the config), so a failure can point at its logs
     from lhas_ray.tuning.results import sweep_summary
     from lhas_ray.tuning.sweep import run_sweep
 
-    logs = ResultStore(out).local_path(LOGS)
+    logs = logs_dir(out)
     print(
         f"lhas-ray tune {cfg.name}: {trials} trials of {len(cfg.seeds)} seeds x {len(cfg.stages)} stages, "
         f"scheduler {cfg.tune.scheduler}, into {out}" + (f"; logs in {logs}" if logs else ""),
@@ -233,10 +233,9 @@ def check_machine(cfg: ExperimentConfig) -> None:
         raise ConfigError("config points at what this machine does not have:\n  " + "\n  ".join(problems))
 
 
-def _logs_hint(args: argparse.Namespace) -> str:
+def _logs_hint(out: str | None) -> str:
     """Where the full output of a failed command is (OUT/logs/), when OUT is a local folder."""
-    out = getattr(args, "output", None) or (args.resume if isinstance(getattr(args, "resume", None), str) else None)
-    logs = ResultStore(out).local_path(LOGS) if out else None
+    logs = logs_dir(out)
     return f"\nFull logs (driver and every Train worker): {logs}" if logs and os.path.isdir(logs) else ""
 
 
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.config}: valid ({len(cfg.stages)} stages, {len(cfg.selectors)} selectors, {len(cfg.seeds)} seeds)"
             )
             return 0
-        out = args.output or cfg.output
+        args.output = out = args.output or cfg.output  # resolved here, so a failure can point at its logs
         if not out:
             raise ConfigError("no output folder: pass --output OUT or set 'output' in the config")
         return _run(cfg, out, args.ray_address, report=not args.no_report, verbose=args.verbose)
@@ -284,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"lhas-ray: training failed: {e}\nEvery completed stage is saved; run the same command again to resume."
-            + _logs_hint(args),
+            + _logs_hint(getattr(args, "output", None)),
             file=sys.stderr,
         )
         return 1

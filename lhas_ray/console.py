@@ -49,11 +49,16 @@ def configure_console(verbose: bool = False) -> None:
     route_library_logs()
 
 
+def logs_dir(out: str | None) -> str | None:
+    """``OUT/logs`` as a local path, where the driver and worker logs go; None when OUT is an object store or unset."""
+    return ResultStore(out).local_path(LOGS) if out else None
+
+
 def log_to_folder(out: str) -> str | None:
     """From now on append every record of this process to ``OUT/logs/driver.log`` (instead of an earlier folder's
     log); called after the folder guard, so a folder that is refused is never written to. Returns the logs folder
     (None when OUT is an object store)."""
-    logs = ResultStore(out).local_path(LOGS)
+    logs = logs_dir(out)
     root = logging.getLogger()
     _drop(root, "file")
     if logs:
@@ -98,7 +103,7 @@ def library_prints(out: str, verbose: bool = False) -> Iterator[None]:
     if verbose:
         yield
         return
-    logs = ResultStore(out).local_path(LOGS)
+    logs = logs_dir(out)
     if logs:
         os.makedirs(logs, exist_ok=True)
     with open(os.path.join(logs, "driver.log") if logs else os.devnull, "a") as sink, redirect_stdout(sink):

@@ -17,7 +17,7 @@ import ray
 import ray.train
 
 from lhas_ray.config import ExperimentConfig
-from lhas_ray.console import LOGS, worker_output
+from lhas_ray.console import logs_dir, worker_output
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets
 from lhas_ray.model import build_model, with_adapters
 from lhas_ray.progress import Progress, Timer, quiet_libraries, worker_start_seconds
@@ -340,7 +340,7 @@ def trajectory_worker(config: dict) -> None:
     fixed = dict(config.get("fixed_costs", {}))  # start-up costs, booked to the first unit this run commits
     if (worker_start := worker_start_seconds(store, config, len(cfg.stages))) is not None:
         fixed["worker_start"] = worker_start
-    logs = None if config.get("verbose") else store.local_path(LOGS)
+    logs = None if config.get("verbose") else logs_dir(config["out"])
     name = f"{config.get('name', 'run')}-rank{ray.train.get_context().get_world_rank()}"
     with worker_output(logs, name), tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)

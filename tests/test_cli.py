@@ -35,3 +35,23 @@ def test_closing_table_shows_each_selectors_matrix(tmp_path):
     text = accuracy_text(out)
     assert "random  (accuracy, mean of 2 seeds)" in text and "rds" in text
     assert "after stage 2" in text and "eval2" in text
+
+
+def test_a_failed_run_points_at_the_logs_of_the_folder_the_config_names(tmp_path, capsys, monkeypatch):
+    """OUT comes from the config's 'output' (no --output): the failure message still names OUT/logs."""
+    from ray.train import TrainingFailedError
+
+    import lhas_ray.cli as cli
+
+    out = tmp_path / "from-config"
+
+    def failing_run(cfg, out_, *a, **k):
+        assert out_ == str(out)
+        (out / "logs").mkdir(parents=True)
+        raise TrainingFailedError("worker died")
+
+    monkeypatch.setattr(cli, "_run", failing_run)
+    assert main(["run", "demo", "--set", f"output={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "run the same command again to resume" in err
+    assert f"Full logs (driver and every Train worker): {out / 'logs'}" in err
