@@ -8,8 +8,12 @@ the next begins; a rerun skips what is complete. ``launch.py`` is the driver tha
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import tempfile
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +30,7 @@ from lhas_ray.scoring.features import select_grad_params
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.scoring.shards import score_shard, score_spread
 from lhas_ray.selection import SelectionContext, get_selector
-from lhas_ray.store import ResultStore, Unit
+from lhas_ray.store import WORKERS, ResultStore, Unit
 from lhas_ray.tasks.suite import Suite
 from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from lhas_ray.training.dist import broadcast_object, rank
@@ -329,6 +333,23 @@ def _matrix(table: pa.Table, column: str) -> np.ndarray:
     return col.values.to_numpy().reshape(len(col), -1)
 
 
+def record_worker(store: ResultStore, name: str) -> None:
+    """``OUT/_workers/<name>.json``: the node, host and process this Train rank runs on (its latest start), so a
+    cluster user can see where each rank of each worker group ran."""
+    ctx = ray.train.get_context()
+    info = {
+        "name": name,
+        "rank": ctx.get_world_rank(),
+        "world_size": ctx.get_world_size(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.time(),
+    }
+    store.write_bytes(f"{WORKERS}/{name}.json", json.dumps(info).encode())
+
+
 def trajectory_worker(config: dict) -> None:
     """The function Ray Train runs on every worker: all trajectories of one group, stage by stage."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -342,6 +363,7 @@ def trajectory_worker(config: dict) -> None:
         fixed["worker_start"] = worker_start
     logs = None if config.get("verbose") else logs_dir(config["out"])
     name = f"{config.get('name', 'run')}-rank{ray.train.get_context().get_world_rank()}"
+    record_worker(store, name)
     with worker_output(logs, name), tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
         runner = TrajectoryRunner(cfg, store, config["suites"], cache, Progress(n_units))

@@ -6,6 +6,7 @@ Layout under OUT (a local path, a ``file://`` URI, or any URI ``pyarrow.fs`` und
     OUT/metrics.parquet/<selector>__s<seed>__t<stage>.parquet   one part per committed unit
     OUT/curves.parquet/...   OUT/timings.parquet/...   OUT/features/...   OUT/selections/...
     OUT/_committed/<selector>__s<seed>__t<stage>.json           the commit marker of that unit
+    OUT/_workers/<run>-group<g>-rank<r>.json                    the node and process each Train rank last ran on
 
 A unit (selector, seed, stage) counts only once its marker exists: parts written by a stage that crashed
 before its marker are ignored by readers and overwritten by the rerun, which writes the same part names.
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from lhas_ray.schemas import LONG_TABLES, conform
 
+WORKERS = "_workers"
 TABLES = ("metrics", "curves", "timings")  # the long tables every unit writes (terms: LHAS units only)
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 

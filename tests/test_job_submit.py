@@ -1,16 +1,21 @@
-"""The real thing: a Ray head on 127.0.0.1 with token authentication (``ray start --head``), a micro ``lhas-ray run``
-submitted with ``ray job submit`` (the repository as working_dir, clusters/runtime_env.yaml), the output contract
-checked, scripts/submit.py asked about the same submission id, and the head stopped.
+"""The real thing: a two-node Ray cluster on 127.0.0.1 with token authentication (``ray start --head``, then
+``ray start --address``, one CPU and a custom resource naming each node), a micro ``lhas-ray run`` submitted with
+``ray job submit`` (the repository as working_dir, clusters/runtime_env.yaml) whose results go to ``s3://`` on a local
+S3 server (moto), its two Train workers one on each node; the output contract checked in the bucket, the results
+compared with the same config's one-node run, the report written into the bucket, scripts/submit.py asked about the
+same submission id, and the nodes stopped.
 
-The head is this test's own: its own ports, its own --temp-dir (so no other Ray on the machine finds it and its
-address file never replaces the default one), started in a new process group that is ended at the end, and only
-processes running under that temp dir are ever killed. Ray jobs need the dashboard, which needs ``ray[default]``
+The cluster is this test's own: its own ports, its own --temp-dir (so no other Ray on the machine finds it and its
+address file never replaces the default one), each node started in a new process group that is ended at the end, and
+only processes running under that temp dir are ever killed. Ray jobs need the dashboard, which needs ``ray[default]``
 (aiohttp ...): without it the test is skipped with that reason.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -23,12 +28,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import yaml
 
+from lhas_ray.cli import main
 from lhas_ray.store import ResultStore
-from tests.helpers import micro_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [
@@ -54,18 +60,91 @@ def _ray(*args: str) -> list[str]:
     return [sys.executable, "-m", "ray.scripts.scripts", *args]
 
 
-def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
-    """End the head's process group, then anything still running under its temp dir (this test's processes only)."""
+def _start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _node_ports() -> list[str]:
+    agent, agent_grpc, metrics, runtime_env, node_manager, object_manager = _free_ports(6)
+    return [
+        f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+        f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
+    ]  # fmt: skip
+
+
+def _wait_for(check, what: str, procs: list[subprocess.Popen], logs: list[Path], timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs)
+            raise RuntimeError(f"{what} did not happen:\n{tails}")
+        time.sleep(1)
+
+
+@pytest.fixture
+def cluster(tmp_path, s3):
+    """A head and a second node on 127.0.0.1, one CPU each, custom resources 'node_head' and 'node_second', token
+    auth, the dashboard on 127.0.0.1, the S3 server's environment in every node; yields (dashboard URL, env, temp dir)."""
+    gcs, dash, client = _free_ports(3)
+    temp_dir = tempfile.mkdtemp(prefix="lhr-", dir="/tmp")  # short: Ray's unix sockets live under it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(s3, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(24), RAY_TRAIN_V2_ENABLED="1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    head_cmd = _ray(
+        "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--temp-dir={temp_dir}",
+        "--num-cpus=1", '--resources={"node_head": 1}', "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--disable-usage-stats", *_node_ports(),
+    )  # fmt: skip
+    logs = [tmp_path / "head.log", tmp_path / "second.log"]
+    procs = [_start(head_cmd, env, logs[0])]
+    url = f"http://127.0.0.1:{dash}"
+    auth = {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
+
+    def api(path: str):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", headers=auth), timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    try:
+        _wait_for(lambda: api("/api/version") is not None, "the Ray head starting", procs, logs)
+        second_cmd = _ray(
+            "start", "--block", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+            '--resources={"node_second": 1}', "--disable-usage-stats", *_node_ports(),
+        )  # fmt: skip
+        procs.append(_start(second_cmd, env, logs[1]))
+
+        def two_nodes() -> bool:
+            nodes = (api("/nodes?view=summary") or {}).get("data", {}).get("summary", [])
+            return sum(n.get("raylet", {}).get("state") == "ALIVE" for n in nodes) == 2
+
+        _wait_for(two_nodes, "the second node joining", procs, logs)
+        yield url, env, temp_dir
+    finally:
+        for proc in reversed(procs):
+            _stop_node(proc)
+        _kill_under(temp_dir)
+
+
+def _stop_node(proc: subprocess.Popen) -> None:
+    """End a node's process group: SIGTERM, then SIGKILL."""
     for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
         try:
-            os.killpg(head.pid, sig)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
         try:
-            head.wait(timeout=wait)
+            proc.wait(timeout=wait)
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+def _kill_under(temp_dir: str) -> None:
+    """Anything still running under the cluster's temp dir (this test's processes only), then the dir itself."""
     time.sleep(1)
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
@@ -76,52 +155,13 @@ def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def head(tmp_path):
-    """A Ray head on 127.0.0.1 with token auth and the dashboard on 127.0.0.1; yields (dashboard URL, env)."""
-    gcs, dash, client, agent, agent_grpc, metrics, runtime_env = _free_ports(7)
-    temp_dir = tempfile.mkdtemp(prefix="lhr-", dir="/tmp")  # short: Ray's unix sockets live under it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(24), RAY_TRAIN_V2_ENABLED="1")
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    log = open(tmp_path / "head.log", "w")
-    cmd = _ray(
-        "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--temp-dir={temp_dir}",
-        "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={runtime_env}", "--disable-usage-stats",
-    )  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            request = urllib.request.Request(
-                f"{url}/api/version", headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
-            )
-            try:
-                urllib.request.urlopen(request, timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(
-                        "the Ray head did not start:\n" + (tmp_path / "head.log").read_text()[-3000:]
-                    ) from None
-                time.sleep(1)
-        yield url, env
-    finally:
-        _stop_head(proc, temp_dir)
-
-
-def test_ray_job_submit_runs_a_micro_experiment(head, tmp_path):
-    url, env = head
-    raw = micro_config(num_workers=1, steps=10, warmup={"steps": 10, "size": 256, "lr": 3e-3})
-    raw["selectors"] = [{"name": "random"}]
-    cfg_path, out = tmp_path / "micro.yaml", tmp_path / "out"
-    cfg_path.write_text(yaml.safe_dump(raw))
+def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, clean_run, tmp_path):
+    url, env, temp_dir = cluster
+    cfg, clean_out = clean_run
+    cfg_path, out = tmp_path / "micro.yaml", "s3://lhas-test/job-run"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     sid = f"lhas-e2e-{secrets.token_hex(3)}"
-    entry = [sys.executable, "-m", "lhas_ray.cli", "run", str(cfg_path), "--output", str(out), "--ray-address", "auto"]
+    entry = [sys.executable, "-m", "lhas_ray.cli", "run", str(cfg_path), "--output", out, "--ray-address", "auto"]
     submit = _ray(
         "job", "submit", "--address", url, "--submission-id", sid,
         "--runtime-env", "clusters/runtime_env.yaml", "--", *entry, "--no-report",
@@ -131,13 +171,38 @@ def test_ray_job_submit_runs_a_micro_experiment(head, tmp_path):
     assert done.returncode == 0, logs[-4000:]
     assert "succeeded" in logs.lower() and "after stage 2" in logs  # the run's closing accuracy table, via the job logs
 
-    store = ResultStore(str(out))  # the output contract
+    store = ResultStore(out)  # the output contract, in the bucket
     assert store.is_run() and {u.stage for u in store.committed_units()} == {0, 1, 2}
-    metrics = store.read_table("metrics").to_pandas()
-    assert set(metrics.selector) == {"random"} and {"accuracy", "loss"} <= set(metrics.metric)
+    assert store.exists("selections", "random", "s0", "stage2.parquet")
+    assert store.exists("checkpoints", "random", "s0", "stage2", "model.safetensors")
     assert store.read_table("curves") is not None and store.read_table("timings") is not None
-    assert (out / "selections" / "random" / "s0" / "stage2.parquet").exists()
-    assert (out / "checkpoints" / "random" / "s0" / "stage2" / "model.safetensors").exists()
+    assert store.local_path() is None  # an object store: no logs folder, nothing local to point at
+    # nothing landed on local disk under the output's name (a URI taken for a path would): not in the job's
+    # working_dir copy, not in the repository
+    assert not glob.glob(os.path.join(temp_dir, "**", "job-run"), recursive=True)
+    assert not (REPO / "s3:").exists()
+
+    # each node ran one of the two Train ranks
+    placed = [json.loads(store.read_bytes(f"_workers/micro-group0-rank{r}.json")) for r in (0, 1)]
+    assert len({p["node_id"] for p in placed}) == 2, placed
+
+    # the same results as the one-node run of the same config
+    clean = ResultStore(clean_out)
+    for sel in ("random", "loss_high"):
+        for t in (1, 2):
+            rel = f"selections/{sel}/s0/stage{t}.parquet"
+            a = clean.read_parquet(rel).column("example_id").to_numpy()
+            b = store.read_parquet(rel).column("example_id").to_numpy()
+            np.testing.assert_array_equal(a, b, err_msg=rel)
+    key = ["selector", "seed", "stage", "eval_set", "skill", "metric"]
+    mine = store.read_table("metrics").to_pandas().sort_values(key).reset_index(drop=True)
+    ref = clean.read_table("metrics").to_pandas().sort_values(key).reset_index(drop=True)
+    assert mine[key].equals(ref[key])
+    np.testing.assert_allclose(mine.value, ref.value, rtol=0, atol=1e-5)
+
+    # the report reads and writes the bucket
+    assert main(["report", out]) == 0
+    assert store.exists("report.html") and store.exists("trajectory.parquet")
 
     # scripts/submit.py against the real Jobs API: the same id has succeeded, so nothing is resubmitted
     again = [
@@ -151,7 +216,7 @@ def test_ray_job_submit_runs_a_micro_experiment(head, tmp_path):
         "run",
         str(cfg_path),
         "-o",
-        str(out),
+        out,
     ]
     done = subprocess.run(again, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and f"job {sid}: done" in done.stdout, done.stdout + done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import signal
@@ -13,34 +14,19 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 import yaml
 
 from lhas_ray.config import config_from_dict, dump_config
 from lhas_ray.evaluation.accuracy import per_example
 from lhas_ray.launch import build_suites, run_experiment
-from lhas_ray.model import build_model, load_pretrained, save_pretrained
+from lhas_ray.model import load_pretrained, save_pretrained
 from lhas_ray.store import ResultStore
 from lhas_ray.tasks.suite import build_suite
 from tests.helpers import micro_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def hf_model_dir(tmp_path_factory) -> str:
-    """A model saved to a local path by the test, loaded by the protocol as 'any HF causal LM from a path'."""
-    cfg = config_from_dict(micro_config()).model
-    model, tok = build_model(cfg, seed=7)
-    return save_pretrained(model, tok, str(tmp_path_factory.mktemp("hf") / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def clean_run(ray_session, hf_model_dir, tmp_path_factory):
-    cfg = config_from_dict(micro_config(model_name=hf_model_dir))
-    out = str(tmp_path_factory.mktemp("clean"))
-    run_experiment(cfg, out)
-    return cfg, out
 
 
 def test_run_writes_the_output_contract(clean_run):
@@ -132,6 +118,10 @@ def _assert_quiet_console(text: str, n_new: int, out: str) -> None:
     assert "driver.log" in logs and {"micro-group0-rank0.log", "micro-group0-rank1.log"} <= set(logs), logs
     worker_log = open(os.path.join(out, "logs", "micro-group0-rank0.log")).read()
     assert "selector=" in worker_log  # the protocol's own phase lines, now in the worker's file
+    placed = [json.loads(open(os.path.join(out, "_workers", f"micro-group0-rank{r}.json")).read()) for r in (0, 1)]
+    assert [(p["rank"], p["world_size"]) for p in placed] == [(0, 2), (1, 2)]
+    assert {p["node_id"] for p in placed} == {ray.get_runtime_context().get_node_id()}  # the one node of this session
+    assert placed[0]["pid"] != placed[1]["pid"]
 
 
 def test_killed_run_resumes_without_redoing_or_duplicating(clean_run, hf_model_dir, tmp_path):
