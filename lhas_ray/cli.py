@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 
 from lhas_ray.config import ConfigError, ExperimentConfig, load_config
 from lhas_ray.console import configure_console, logs_dir
@@ -274,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("no output folder: pass --output OUT or set 'output' in the config")
         return _run(cfg, out, args.ray_address, report=not args.no_report, verbose=args.verbose)
     except (ConfigError, ValueError, FileNotFoundError) as e:
+        if getattr(args, "verbose", False):  # where it came from, for errors that are not the config's
+            traceback.print_exc()
         print(f"lhas-ray: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a failed Train run: say where the results are and how to resume

@@ -30,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow.fs as pafs
 import pytest
 import yaml
 
 from lhas_ray.cli import main
 from lhas_ray.store import ResultStore
+from tests.helpers import sweep_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [
@@ -83,20 +85,22 @@ def _wait_for(check, what: str, procs: list[subprocess.Popen], logs: list[Path],
         time.sleep(1)
 
 
-@pytest.fixture
-def cluster(tmp_path, s3):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_server):
     """A head and a second node on 127.0.0.1, one CPU each, custom resources 'node_head' and 'node_second', token
     auth, the dashboard on 127.0.0.1, the S3 server's environment in every node; yields (dashboard URL, env, temp dir)."""
     gcs, dash, client = _free_ports(3)
     temp_dir = tempfile.mkdtemp(prefix="lhr-", dir="/tmp")  # short: Ray's unix sockets live under it
+    second_dir = tempfile.mkdtemp(prefix="lhr2-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(s3, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(24), RAY_TRAIN_V2_ENABLED="1")
+    env.update(s3_server, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(24), RAY_TRAIN_V2_ENABLED="1")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     head_cmd = _ray(
         "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--temp-dir={temp_dir}",
         "--num-cpus=1", '--resources={"node_head": 1}', "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--disable-usage-stats", *_node_ports(),
     )  # fmt: skip
+    tmp_path = tmp_path_factory.mktemp("cluster")
     logs = [tmp_path / "head.log", tmp_path / "second.log"]
     procs = [_start(head_cmd, env, logs[0])]
     url = f"http://127.0.0.1:{dash}"
@@ -111,9 +115,11 @@ def cluster(tmp_path, s3):
 
     try:
         _wait_for(lambda: api("/api/version") is not None, "the Ray head starting", procs, logs)
+        # its own temp dir, as a second machine has: nodes sharing one would share runtime_resources/, and the
+        # second node's clean-up of a finished trial's working_dir copy would delete the driver's working directory
         second_cmd = _ray(
             "start", "--block", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-            '--resources={"node_second": 1}', "--disable-usage-stats", *_node_ports(),
+            '--resources={"node_second": 1}', f"--temp-dir={second_dir}", "--disable-usage-stats", *_node_ports(),
         )  # fmt: skip
         procs.append(_start(second_cmd, env, logs[1]))
 
@@ -127,6 +133,7 @@ def cluster(tmp_path, s3):
         for proc in reversed(procs):
             _stop_node(proc)
         _kill_under(temp_dir)
+        _kill_under(second_dir)
 
 
 def _stop_node(proc: subprocess.Popen) -> None:
@@ -155,24 +162,51 @@ def _kill_under(temp_dir: str) -> None:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, clean_run, tmp_path):
+def _submit(url: str, env: dict, sid: str, args: list[str], wait: bool = True) -> subprocess.CompletedProcess:
+    entry = [sys.executable, "-m", "lhas_ray.cli", *args, "--ray-address", "auto"]
+    cmd = _ray(
+        "job", "submit", "--address", url, "--submission-id", sid, *([] if wait else ["--no-wait"]),
+        "--runtime-env", "clusters/runtime_env.yaml", "--", *entry,
+    )  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _mtimes(store: ResultStore, folder: str) -> dict[str, float]:
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path(folder), recursive=True))
+    return {i.path: i.mtime.timestamp() for i in infos if i.type == pafs.FileType.File}
+
+
+def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, s3, clean_run, tmp_path):
+    """Submitted, stopped once stage 1 is in the bucket, resubmitted into the same folder: the same results as the
+    one-node run, nothing committed before the stop redone; then the report, and scripts/submit.py on that job."""
     url, env, temp_dir = cluster
     cfg, clean_out = clean_run
     cfg_path, out = tmp_path / "micro.yaml", "s3://lhas-test/job-run"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    store = ResultStore(out)
+    run = ["run", str(cfg_path), "--output", out, "--no-report"]
+
+    first = f"lhas-e2e-{secrets.token_hex(3)}"
+    assert _submit(url, env, first, run, wait=False).returncode == 0
+    deadline = time.time() + 300
+    while not store.exists("_committed", "random__s0__t1.json") and time.time() < deadline:
+        time.sleep(0.5)
+    stop = subprocess.run(_ray("job", "stop", "--address", url, first), env=env, capture_output=True, text=True)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    before = _mtimes(store, "_committed")
+    assert store.path("_committed", "random__s0__t1.json") in before
+    assert store.path("_committed", "loss_high__s0__t2.json") not in before, "the job ended before it was stopped"
+
     sid = f"lhas-e2e-{secrets.token_hex(3)}"
-    entry = [sys.executable, "-m", "lhas_ray.cli", "run", str(cfg_path), "--output", out, "--ray-address", "auto"]
-    submit = _ray(
-        "job", "submit", "--address", url, "--submission-id", sid,
-        "--runtime-env", "clusters/runtime_env.yaml", "--", *entry, "--no-report",
-    )  # fmt: skip
-    done = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = _submit(url, env, sid, run)
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-4000:]
     assert "succeeded" in logs.lower() and "after stage 2" in logs  # the run's closing accuracy table, via the job logs
 
-    store = ResultStore(out)  # the output contract, in the bucket
+    # the output contract, in the bucket; what was committed before the stop was not redone
     assert store.is_run() and {u.stage for u in store.committed_units()} == {0, 1, 2}
+    after = _mtimes(store, "_committed")
+    assert {p: after[p] for p in before} == before
     assert store.exists("selections", "random", "s0", "stage2.parquet")
     assert store.exists("checkpoints", "random", "s0", "stage2", "model.safetensors")
     assert store.read_table("curves") is not None and store.read_table("timings") is not None
@@ -186,7 +220,7 @@ def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, cl
     placed = [json.loads(store.read_bytes(f"_workers/micro-group0-rank{r}.json")) for r in (0, 1)]
     assert len({p["node_id"] for p in placed}) == 2, placed
 
-    # the same results as the one-node run of the same config
+    # the same results as the one-node run of the same config, no row twice
     clean = ResultStore(clean_out)
     for sel in ("random", "loss_high"):
         for t in (1, 2):
@@ -197,7 +231,7 @@ def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, cl
     key = ["selector", "seed", "stage", "eval_set", "skill", "metric"]
     mine = store.read_table("metrics").to_pandas().sort_values(key).reset_index(drop=True)
     ref = clean.read_table("metrics").to_pandas().sort_values(key).reset_index(drop=True)
-    assert mine[key].equals(ref[key])
+    assert not mine.duplicated(key).any() and mine[key].equals(ref[key])
     np.testing.assert_allclose(mine.value, ref.value, rtol=0, atol=1e-5)
 
     # the report reads and writes the bucket
@@ -220,3 +254,25 @@ def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, cl
     ]
     done = subprocess.run(again, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and f"job {sid}: done" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_two_trial_sweep_on_two_nodes_into_s3(cluster, s3, tmp_path):
+    """`lhas-ray tune` through `ray job submit`: Tune's experiment state, every trial's run and the sweep's tables
+    in the bucket."""
+    url, env, _ = cluster
+    raw = sweep_config(heldout_seeds=[])
+    cfg_path, space_path, out = tmp_path / "c.yaml", tmp_path / "space.yaml", "s3://lhas-test/sweep"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    space_path.write_text(yaml.safe_dump({"params": {"l_u": {"type": "uniform", "low": 0.1, "high": 2.0}}}))
+    sid = f"lhas-tune-{secrets.token_hex(3)}"
+    done = _submit(url, env, sid, ["tune", str(cfg_path), "--space", str(space_path), "-o", out, "--no-report"])
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0 and "sweep finished" in logs, logs[-4000:]
+    store = ResultStore(out)
+    trials = store.read_parquet("trials.parquet").to_pandas()
+    assert len(trials) == 2 and set(trials.status) == {"completed"}, trials
+    for name in trials.trial:
+        trial = ResultStore(f"{out}/trials/{name}")
+        assert trial.is_run() and {u.stage for u in trial.committed_units()} == {0, 1, 2}
+    assert store.exists("best_config.yaml") and store.exists("_tune")
+    assert not store.exists("optuna.journal")  # Optuna's journal needs a local file: a local OUT only

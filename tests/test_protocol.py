@@ -31,6 +31,11 @@ pytestmark = pytest.mark.slow
 
 def test_run_writes_the_output_contract(clean_run):
     cfg, out = clean_run
+    # where each Train rank ran: two processes on the one node of this session's Ray
+    placed = [json.loads(open(os.path.join(out, "_workers", f"micro-group0-rank{r}.json")).read()) for r in (0, 1)]
+    assert [(p["rank"], p["world_size"]) for p in placed] == [(0, 2), (1, 2)]
+    assert {p["node_id"] for p in placed} == {ray.get_runtime_context().get_node_id()}  # the one node of this session
+    assert placed[0]["pid"] != placed[1]["pid"]
     store = ResultStore(out)
     assert yaml.safe_load(open(os.path.join(out, "config.yaml"))) == yaml.safe_load(dump_config(cfg))
     metrics = store.read_table("metrics").to_pandas()
@@ -118,10 +123,6 @@ def _assert_quiet_console(text: str, n_new: int, out: str) -> None:
     assert "driver.log" in logs and {"micro-group0-rank0.log", "micro-group0-rank1.log"} <= set(logs), logs
     worker_log = open(os.path.join(out, "logs", "micro-group0-rank0.log")).read()
     assert "selector=" in worker_log  # the protocol's own phase lines, now in the worker's file
-    placed = [json.loads(open(os.path.join(out, "_workers", f"micro-group0-rank{r}.json")).read()) for r in (0, 1)]
-    assert [(p["rank"], p["world_size"]) for p in placed] == [(0, 2), (1, 2)]
-    assert {p["node_id"] for p in placed} == {ray.get_runtime_context().get_node_id()}  # the one node of this session
-    assert placed[0]["pid"] != placed[1]["pid"]
 
 
 def test_killed_run_resumes_without_redoing_or_duplicating(clean_run, hf_model_dir, tmp_path):
