@@ -95,6 +95,28 @@ def route_library_logs() -> None:
         pass
 
 
+def raylet_messages_to_log() -> None:
+    """Messages Ray's raylet pushes to the driver ("(raylet) WARNING: 10 PYTHON worker processes have been started
+    ...") go to the ``ray.raylet`` logger, so the driver log keeps them and the terminal does not; Ray prints them
+    from a thread of its own straight to stdout, whatever ``log_to_driver`` says. Call before ``ray.init``."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "lhas_ray", False):
+        return
+    raylet = logging.getLogger("ray.raylet")
+
+    def print_to_stdstream(data, ignore_prefix: bool):
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                raylet.warning("%s", line)
+        else:
+            original(data, ignore_prefix)
+
+    print_to_stdstream.lhas_ray = True
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
 @contextmanager
 def library_prints(out: str, verbose: bool = False) -> Iterator[None]:
     """What libraries ``print`` rather than log during the block (Ray Tune's experiment header, trial tables and

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
-from lhas_ray.console import library_prints, log_to_folder, route_library_logs, watch_units
+from lhas_ray.console import library_prints, log_to_folder, raylet_messages_to_log, route_library_logs, watch_units
 from lhas_ray.local_ray import start_local_ray
 from lhas_ray.progress import quiet_libraries
 from lhas_ray.protocol import pool_key, trajectory_worker
@@ -66,6 +66,7 @@ def init_ray(cfg: ExperimentConfig, address: str | None, verbose: bool = False) 
     if not ray.is_initialized():
         if not verbose:  # Ray's import added its own terminal handler; ray.init logs through it
             route_library_logs()
+            raylet_messages_to_log()
         addr = address or cfg.ray.address
         if addr:
             ray.init(address=addr, log_to_driver=verbose)

@@ -126,3 +126,29 @@ def test_on_a_terminal_the_units_are_one_live_bar(tmp_path, monkeypatch):
         os.close(master)
     assert "3/3 units" in shown and "last lhas seed 0: stage 2" in shown
     assert "[1/3]" not in shown  # no per-unit lines beside the bar
+
+
+def test_raylet_messages_go_to_the_log_not_the_terminal(monkeypatch, capsys, caplog):
+    """Ray prints the raylet's pushed warnings to stdout from a thread of its own; after the routing they are records
+    of the 'ray.raylet' logger (the driver log), and a worker's own output still prints as before."""
+    import ray._private.worker as ray_worker
+
+    from lhas_ray.console import raylet_messages_to_log
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # undone after the test
+    raylet_messages_to_log()
+    raylet_messages_to_log()  # idempotent: one wrapper, not two
+    warning = "WARNING: 10 PYTHON worker processes have been started on node: abc"
+    raylet = logging.getLogger("ray.raylet")  # Ray's loggers do not propagate until init_ray routes them
+    raylet.addHandler(caplog.handler)
+    try:
+        ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    finally:
+        raylet.removeHandler(caplog.handler)
+    assert warning not in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if r.name == "ray.raylet"] == [warning]
+    ray_worker.print_to_stdstream(
+        {"lines": ["hello from a task"], "pid": 123, "ip": "127.0.0.1", "is_err": False, "task_name": "t"},
+        ignore_prefix=False,
+    )
+    assert "hello from a task" in capsys.readouterr().out

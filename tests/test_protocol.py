@@ -106,7 +106,14 @@ def _run_cli(cfg_path: str, out: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-NOISE = ("Reporting training result", "FutureWarning", "PreemptionWatcher", "execution finished", "Started a local Ray")
+NOISE = (
+    "Reporting training result",
+    "FutureWarning",
+    "PreemptionWatcher",
+    "execution finished",
+    "Started a local Ray",
+    "worker processes have been started",
+)
 
 
 def _assert_quiet_console(text: str, n_new: int, out: str) -> None:
