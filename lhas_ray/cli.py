@@ -152,6 +152,11 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool, ver
         from lhas_ray.report import write_report
 
         print(f"\nreport: {write_report(out)}")
+    if cfg.tracking.mlflow is not None:
+        from lhas_ray.tracking import log_run_to_mlflow
+
+        runs = log_run_to_mlflow(out, cfg, cfg.tracking.mlflow)
+        print(f"mlflow: {len(runs)} trajectories in experiment {cfg.tracking.mlflow.experiment or cfg.name!r}")
     return 0
 
 

@@ -51,7 +51,8 @@ def ensure_same_run(store: ResultStore, cfg: ExperimentConfig) -> None:
         raise ValueError(
             f"{store.uri} holds a run whose config this version cannot read ({e}); use a fresh --output"
         ) from e
-    if existing.model_dump(mode="json") != cfg.model_dump(mode="json"):
+    identity = {"tracking", "ray"}  # where a run runs and where it is also logged are not what its results are
+    if existing.model_dump(mode="json", exclude=identity) != cfg.model_dump(mode="json", exclude=identity):
         raise ValueError(
             f"{store.uri} already holds a run with a different config; use a fresh --output "
             "(or rerun with exactly the same config to resume it)"

@@ -9,6 +9,8 @@ import pytest
 import lhas_ray  # noqa: F401  (sets RAY_TRAIN_V2_ENABLED before any test imports ray.train)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tracking tests use MLflow's file store (no database packages); MLflow 3 wants it opted into
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 @pytest.fixture(scope="session")

@@ -260,7 +260,7 @@ def test_a_two_trial_sweep_on_two_nodes_into_s3(cluster, s3, tmp_path):
     """`lhas-ray tune` through `ray job submit`: Tune's experiment state, every trial's run and the sweep's tables
     in the bucket."""
     url, env, _ = cluster
-    raw = sweep_config(heldout_seeds=[])
+    raw = sweep_config(heldout_seeds=[], max_concurrent=2)  # one trial on each node, at once
     cfg_path, space_path, out = tmp_path / "c.yaml", tmp_path / "space.yaml", "s3://lhas-test/sweep"
     cfg_path.write_text(yaml.safe_dump(raw))
     space_path.write_text(yaml.safe_dump({"params": {"l_u": {"type": "uniform", "low": 0.1, "high": 2.0}}}))
@@ -271,8 +271,11 @@ def test_a_two_trial_sweep_on_two_nodes_into_s3(cluster, s3, tmp_path):
     store = ResultStore(out)
     trials = store.read_parquet("trials.parquet").to_pandas()
     assert len(trials) == 2 and set(trials.status) == {"completed"}, trials
+    nodes = set()
     for name in trials.trial:
         trial = ResultStore(f"{out}/trials/{name}")
         assert trial.is_run() and {u.stage for u in trial.committed_units()} == {0, 1, 2}
+        nodes |= {json.loads(trial.read_bytes(f"_workers/{f}"))["node_id"] for f in trial.listdir("_workers")}
+    assert len(nodes) == 2  # the two trials ran at once, one on each node
     assert store.exists("best_config.yaml") and store.exists("_tune")
     assert not store.exists("optuna.journal")  # Optuna's journal needs a local file: a local OUT only

@@ -149,14 +149,20 @@ def test_killed_run_resumes_without_redoing_or_duplicating(clean_run, hf_model_d
     committed_before = {
         f: os.path.getmtime(os.path.join(out, "_committed", f)) for f in os.listdir(os.path.join(out, "_committed"))
     }
-    assert "loss_high__s0__t2.json" not in committed_before
+    assert {"random__s0__t2.json", "loss_high__s0__t2.json"}.isdisjoint(committed_before)
 
-    # the rerun, as a user would start it, its output not a terminal (CI, `ray job submit` logs)
+    # the rerun, as a user would start it, its output not a terminal (CI, `ray job submit` logs), with the two
+    # unfinished trajectories as two groups side by side (Tune trials; where a run runs is not part of its identity)
     cmd = [sys.executable, "-m", "lhas_ray.cli", "run", str(cfg_path), "--output", out, "--no-report"]
+    cmd += ["--set", "ray.concurrent_trajectories=2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_quiet_console(done.stdout + done.stderr, n_new=6 - len(committed_before), out=out)
     store = ResultStore(out)
+    (experiment,) = glob.glob(os.path.join(out, "_tune", "groups-*"))  # the rerun's (the first run had one group)
+    assert len(glob.glob(os.path.join(experiment, "*", "result.json"))) == 2  # two trials, one Train run each
+    starts = store.read_table("timings").to_pandas().query("phase == 'worker_start'")
+    assert len(starts) == 3  # the killed run's group, then each of the rerun's two groups, once
     for f, mtime in committed_before.items():  # nothing complete was redone
         assert os.path.getmtime(os.path.join(out, "_committed", f)) == mtime
     metrics = store.read_table("metrics").to_pandas()
@@ -203,11 +209,12 @@ def _tiny_llama(folder: str) -> str:
     return save_pretrained(LlamaForCausalLM(config), tok, folder)
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+@pytest.mark.parametrize("zero_stage", [3])
 def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, zero_stage):
     """Stages read from jsonl files through `datasets`, a Llama-family model with LoRA adapters, next-token accuracy;
-    under ZeRO-2 (real_text.yaml) and ZeRO-3 (cluster_llm.yaml), whose partitioned parameters must be gathered whole
-    and the adapters merged on save (this is the suite's ZeRO-3 end-to-end run)."""
+    under ZeRO-3 (cluster_llm.yaml), whose partitioned parameters must be gathered whole and the adapters merged on
+    save (the suite's ZeRO-3 end-to-end run). ZeRO-2 keeps whole parameters on every rank, so its save is the plain
+    merge test_lora.py checks; every other protocol test trains under ZeRO-2."""
     import json
 
     rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ from lhas_ray.tuning.configs import best_config, trial_config, tuned_selector
 from lhas_ray.tuning.space import parse_search_space
 from lhas_ray.tuning.sweep import run_sweep
 from lhas_ray.tuning.trials import trial_concurrency
-from tests.helpers import fake_protocol, micro_config, sweep_config
+from tests.helpers import fake_protocol, sweep_config
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stub protocol below runs inside Tune trials
 
@@ -187,30 +187,6 @@ def test_train_placement_groups_live_as_long_as_their_controller(ray_session, tm
 
 
 # --- run: trajectory groups side by side as Tune trials ----------------------------------------------------------------
-@pytest.mark.slow
-def test_run_puts_trajectory_groups_side_by_side_as_tune_trials(ray_session, tmp_path):
-    from lhas_ray.launch import run_experiment
-
-    raw = micro_config(num_workers=1, steps=10, warmup={"steps": 10, "size": 256, "lr": 3e-3})
-    raw["stages"] = raw["stages"][:1]
-    raw["seeds"] = [0, 1]  # one seed per group: each group makes its own seed's base checkpoint
-    raw["selectors"] = [{"name": "random"}]
-    raw["ray"] = {"concurrent_trajectories": 2}
-    out = str(tmp_path / "run")
-    run_experiment(config_from_dict(raw), out)
-    store = ResultStore(out)
-    assert {(u.selector, u.seed, u.stage) for u in store.committed_units()} == {
-        ("random", s, t) for s in (0, 1) for t in (0, 1)
-    }
-    metrics = store.read_table("metrics").to_pandas()
-    assert not metrics.duplicated(["selector", "seed", "stage", "eval_set", "skill", "metric"]).any()
-    (experiment,) = glob.glob(os.path.join(out, "_tune", "groups-*"))
-    assert len(glob.glob(os.path.join(experiment, "*", "result.json"))) == 2  # two trials, one Train run each
-    timings = store.read_table("timings").to_pandas()
-    starts = timings[timings.phase == "worker_start"]
-    assert len(starts) == 2  # each group paid Train start-up once
-
-
 # --- a real sweep: killed mid-way, resumed, a Train worker killed and the trial retried -------------------------------
 def _tune_state(out: str) -> dict[str, dict]:
     """Tune's saved state per trial name: status and failure counts."""
@@ -247,7 +223,9 @@ def resumed_sweep(ray_session, tmp_path_factory):
     """Start `lhas-ray tune` (2 trials, one at a time), kill it once trial 2 has begun, resume with --resume OUT."""
     tmp = tmp_path_factory.mktemp("tune")
     cfg_path, space_path, out = tmp / "c.yaml", tmp / "space.yaml", str(tmp / "sweep")
-    cfg_path.write_text(yaml.safe_dump(sweep_config()))
+    raw = sweep_config()
+    raw["tracking"] = {"mlflow": {"tracking_uri": f"file://{tmp}/mlruns"}}  # Ray's MLflowLoggerCallback, per trial
+    cfg_path.write_text(yaml.safe_dump(raw))
     space_path.write_text(yaml.safe_dump(SPACE))
     log = open(tmp / "first.log", "w")
     cmd = [sys.executable, "-m", "lhas_ray.cli", "tune", str(cfg_path), "--space", str(space_path), "-o", out]
@@ -292,6 +270,7 @@ def resumed_sweep(ray_session, tmp_path_factory):
         "resumed_at": started,
         "cfg_path": str(cfg_path),
         "first_log": str(tmp / "first.log"),
+        "mlruns": f"file://{tmp}/mlruns",
     }
 
 
@@ -361,6 +340,23 @@ def test_every_stage_reaches_tune_and_the_outputs_are_complete(resumed_sweep):
         assert noise not in console, noise
     assert "Configuration for experiment" in open(os.path.join(out, "logs", "driver.log")).read()
     assert not math.isnan(pd.read_parquet(os.path.join(out, "trials.parquet"))["objective"].iloc[0])
+
+
+@pytest.mark.slow
+def test_each_trial_is_an_mlflow_run_through_rays_callback(resumed_sweep):
+    """tracking.mlflow in a sweep: Ray's MLflowLoggerCallback logs every trial (its params and reported results)."""
+    from mlflow.tracking import MlflowClient
+
+    r = resumed_sweep
+    client = MlflowClient(tracking_uri=r["mlruns"])
+    experiment = client.get_experiment_by_name("micro-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    by_trial = {run.data.tags.get("trial_name", ""): run for run in runs}
+    assert {r["first"], r["second"]} <= set(by_trial), sorted(by_trial)
+    first = by_trial[r["first"]]
+    assert {"l_u", "l_a"} <= set(first.data.params)
+    history = client.get_metric_history(first.info.run_id, "objective")
+    assert len(history) == 3 and all(not math.isnan(m.value) for m in history)  # after each stage, then the end
 
 
 @pytest.mark.slow

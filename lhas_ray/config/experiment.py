@@ -17,6 +17,7 @@ from lhas_ray.config.sections import (
     ScoringConfig,
     SelectorConfig,
     StageConfig,
+    TrackingConfig,
     TrainingConfig,
     TuningConfig,
     _Strict,
@@ -40,6 +41,7 @@ class ExperimentConfig(_Strict):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Pool scoring.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment trackers (off).")
     tune: TuningConfig = Field(default_factory=TuningConfig, description="`lhas-ray tune` settings (run ignores).")
     output: str | None = Field(None, description="Results folder or URI; the CLI's --output wins.")
 

@@ -141,6 +141,8 @@ def _sources(cfg) -> Iterator[tuple[HFSourceConfig, str]]:
 def preflight(cfg) -> list[str]:
     """Every problem of ``cfg`` (an ExperimentConfig) with what it points at on this machine, by field path."""
     problems = model_problems(cfg.model.name)
+    if cfg.tracking.mlflow is not None and importlib.util.find_spec("mlflow") is None:
+        problems.append("tracking.mlflow: the mlflow package is not installed; pip install 'lhas_ray[mlflow]'")
     for spec, where in _sources(cfg):
         problems += source_problems(spec, where)
     return problems

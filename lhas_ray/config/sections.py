@@ -278,6 +278,21 @@ class RayConfig(_Strict):
     )
 
 
+class MLflowConfig(_Strict):
+    """Log to MLflow (extra ``mlflow``): one MLflow run per trajectory of a run, one per trial of a sweep."""
+
+    tracking_uri: str | None = Field(
+        None, description="Where runs go: file:///path, http://server:5000, databricks...; None: MLFLOW_TRACKING_URI."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name; None: the config's name.")
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers, off by default; not part of a run's identity (adding one to a finished run resumes it)."""
+
+    mlflow: MLflowConfig | None = Field(None, description="MLflow tracking; None: off.")
+
+
 class TuningConfig(_Strict):
     """``lhas-ray tune``: what a sweep over the LHAS weights maximises, how trials are scheduled; ignored by ``run``."""
 

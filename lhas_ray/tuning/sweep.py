@@ -256,7 +256,7 @@ def run_sweep(
                 storage_path=storage,
                 storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-                callbacks=[*tune_callbacks(), *([] if verbose else [TrialLines(n_trials)])],
+                callbacks=[*tune_callbacks(cfg), *([] if verbose else [TrialLines(n_trials)])],
                 verbose=1 if verbose else 0,
             ),
         )

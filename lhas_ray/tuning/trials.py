@@ -78,13 +78,27 @@ class _NoTensorBoard(TBXLoggerCallback):
         pass
 
 
-def tune_callbacks() -> list:
-    """Tune's default loggers minus TensorBoard.
+def tune_callbacks(cfg: ExperimentConfig | None = None) -> list:
+    """Tune's default loggers minus TensorBoard, plus Ray's ``MLflowLoggerCallback`` (one MLflow run per trial: its
+    parameters and every result it reports) when ``tracking.mlflow`` is set.
 
     A trial that ASHA stops takes its Train controller with it; Ray Train's own placement-group cleaner (which asks
     the dashboard's state API, so init_ray starts the dashboard) frees the CPUs/GPUs that controller's run held.
     """
-    return [_NoTensorBoard()]
+    callbacks: list = [_NoTensorBoard()]
+    if cfg is not None and cfg.tracking.mlflow is not None:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        settings = cfg.tracking.mlflow
+        callbacks.append(
+            MLflowLoggerCallback(
+                tracking_uri=settings.tracking_uri,
+                experiment_name=f"{settings.experiment or cfg.name}-sweep",
+                tags={"lhas_ray.config": cfg.name},
+                save_artifact=False,
+            )
+        )
+    return callbacks
 
 
 def tune_storage(store: ResultStore) -> tuple[str, pafs.FileSystem | None]:
