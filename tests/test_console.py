@@ -128,7 +128,7 @@ def test_on_a_terminal_the_units_are_one_live_bar(tmp_path, monkeypatch):
     assert "[1/3]" not in shown  # no per-unit lines beside the bar
 
 
-def test_raylet_messages_go_to_the_log_not_the_terminal(monkeypatch, capsys, caplog):
+def test_raylet_messages_go_to_the_log_not_the_terminal(monkeypatch, capsys):
     """Ray prints the raylet's pushed warnings to stdout from a thread of its own; after the routing they are records
     of the 'ray.raylet' logger (the driver log), and a worker's own output still prints as before."""
     import ray._private.worker as ray_worker
@@ -139,14 +139,17 @@ def test_raylet_messages_go_to_the_log_not_the_terminal(monkeypatch, capsys, cap
     raylet_messages_to_log()
     raylet_messages_to_log()  # idempotent: one wrapper, not two
     warning = "WARNING: 10 PYTHON worker processes have been started on node: abc"
-    raylet = logging.getLogger("ray.raylet")  # Ray's loggers do not propagate until init_ray routes them
-    raylet.addHandler(caplog.handler)
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler()
+    collect.emit = records.append
+    raylet = logging.getLogger("ray.raylet")  # a handler of its own: whether Ray's loggers propagate depends on
+    raylet.addHandler(collect)  # which earlier test routed them
     try:
         ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     finally:
-        raylet.removeHandler(caplog.handler)
+        raylet.removeHandler(collect)
     assert warning not in capsys.readouterr().out
-    assert [r.getMessage() for r in caplog.records if r.name == "ray.raylet"] == [warning]
+    assert [r.getMessage() for r in records] == [warning]
     ray_worker.print_to_stdstream(
         {"lines": ["hello from a task"], "pid": 123, "ip": "127.0.0.1", "is_err": False, "task_name": "t"},
         ignore_prefix=False,

@@ -115,19 +115,29 @@ def cluster(tmp_path_factory, s3_server):
 
     try:
         _wait_for(lambda: api("/api/version") is not None, "the Ray head starting", procs, logs)
+
         # its own temp dir, as a second machine has: nodes sharing one would share runtime_resources/, and the
         # second node's clean-up of a finished trial's working_dir copy would delete the driver's working directory
-        second_cmd = _ray(
-            "start", "--block", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-            '--resources={"node_second": 1}', f"--temp-dir={second_dir}", "--disable-usage-stats", *_node_ports(),
-        )  # fmt: skip
-        procs.append(_start(second_cmd, env, logs[1]))
-
         def two_nodes() -> bool:
             nodes = (api("/nodes?view=summary") or {}).get("data", {}).get("summary", [])
             return sum(n.get("raylet", {}).get("state") == "ALIVE" for n in nodes) == 2
 
-        _wait_for(two_nodes, "the second node joining", procs, logs)
+        # `ray start` gives a joining raylet a fixed 30 s to register; on a loaded 2-core machine it has missed that
+        # once (a fresh-clone suite run), so a node that gave up is started again, with fresh ports, twice at most
+        for attempt in range(3):
+            second_cmd = _ray(
+                "start", "--block", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                '--resources={"node_second": 1}', f"--temp-dir={second_dir}", "--disable-usage-stats",
+                *_node_ports(),
+            )  # fmt: skip
+            procs.append(_start(second_cmd, env, logs[1]))
+            try:
+                _wait_for(two_nodes, "the second node joining", procs, logs)
+                break
+            except RuntimeError:
+                if attempt == 2 or procs[0].poll() is not None:
+                    raise
+                _stop_node(procs.pop())
         yield url, env, temp_dir
     finally:
         for proc in reversed(procs):
