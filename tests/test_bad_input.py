@@ -276,6 +276,6 @@ def test_model_names_are_told_apart(tmp_path, monkeypatch):
     }
     assert {name: preflight.model_kind(name) for name in kinds} == kinds
     assert preflight.model_problems("Qwen/Qwen2.5-7B") == []
-    monkeypatch.setitem(preflight._PACKAGED_MODELS, "smollm2-135m", ("no_such_module_xyz", "pip install xyz"))
+    monkeypatch.setitem(preflight.PRETRAINED_PACKAGES, "smollm2-135m", ("no_such_module_xyz", "pip install xyz"))
     (problem,) = preflight.model_problems("smollm2-135m")
     assert "'no_such_module_xyz', which is not installed; run: pip install xyz" in problem

