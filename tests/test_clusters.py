@@ -135,3 +135,15 @@ def test_every_entrypoint_names_a_config_that_loads():
         if cmd[0] == "tune":
             space = cmd[cmd.index("--space") + 1] if "--space" in cmd else cfg.tune.space
             assert load_search_space(space).params, (source, cmd)  # as the job resolves it: relative to its working dir
+
+
+def test_the_local_autoscaling_rehearsal_passes_rays_schema():
+    from ray.autoscaler._private.util import validate_config
+
+    raw = _docs(CLUSTERS / "local_autoscale.yaml")[0]
+    validate_config(raw)  # the whole file (prepare_config would merge the provider's defaults, not in Ray's wheel)
+    assert raw["provider"]["type"] == "fake_multinode"
+    nodes = raw["available_node_types"]
+    assert nodes[raw["head_node_type"]]["resources"]["CPU"] == 0  # as aws.yaml's head: training needs a new node
+    workers = [v for k, v in nodes.items() if k != raw["head_node_type"]]
+    assert workers and all(w["min_workers"] == 0 and w["resources"]["CPU"] >= 1 for w in workers)

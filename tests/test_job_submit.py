@@ -18,9 +18,6 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,14 +26,13 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.fs as pafs
 import pytest
 import yaml
 
 from lhas_ray.cli import main
 from lhas_ray.store import ResultStore
-from tests.helpers import sweep_config
+from tests.local_cluster import free_ports, kill_under, node_ports, ray_cli, start, stop_node, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [
@@ -48,61 +44,24 @@ pytestmark = [
 ]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _ray(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ray.scripts.scripts", *args]
-
-
-def _start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "w")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _node_ports() -> list[str]:
-    agent, agent_grpc, metrics, runtime_env, node_manager, object_manager = _free_ports(6)
-    return [
-        f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
-        f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
-    ]  # fmt: skip
-
-
-def _wait_for(check, what: str, procs: list[subprocess.Popen], logs: list[Path], timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not check():
-        if time.time() > deadline or any(p.poll() is not None for p in procs):
-            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs)
-            raise RuntimeError(f"{what} did not happen:\n{tails}")
-        time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3_server):
     """A head and a second node on 127.0.0.1, one CPU each, custom resources 'node_head' and 'node_second', token
     auth, the dashboard on 127.0.0.1, the S3 server's environment in every node; yields (dashboard URL, env, temp dir)."""
-    gcs, dash, client = _free_ports(3)
+    gcs, dash, client = free_ports(3)
     temp_dir = tempfile.mkdtemp(prefix="lhr-", dir="/tmp")  # short: Ray's unix sockets live under it
     second_dir = tempfile.mkdtemp(prefix="lhr2-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(s3_server, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(24), RAY_TRAIN_V2_ENABLED="1")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    head_cmd = _ray(
+    head_cmd = ray_cli(
         "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--temp-dir={temp_dir}",
         "--num-cpus=1", '--resources={"node_head": 1}', "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--disable-usage-stats", *_node_ports(),
+        f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--disable-usage-stats", *node_ports(),
     )  # fmt: skip
     tmp_path = tmp_path_factory.mktemp("cluster")
     logs = [tmp_path / "head.log", tmp_path / "second.log"]
-    procs = [_start(head_cmd, env, logs[0])]
+    procs = [start(head_cmd, env, logs[0])]
     url = f"http://127.0.0.1:{dash}"
     auth = {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
 
@@ -114,7 +73,7 @@ def cluster(tmp_path_factory, s3_server):
             return None
 
     try:
-        _wait_for(lambda: api("/api/version") is not None, "the Ray head starting", procs, logs)
+        wait_for(lambda: api("/api/version") is not None, "the Ray head starting", procs, logs)
 
         # its own temp dir, as a second machine has: nodes sharing one would share runtime_resources/, and the
         # second node's clean-up of a finished trial's working_dir copy would delete the driver's working directory
@@ -125,56 +84,30 @@ def cluster(tmp_path_factory, s3_server):
         # `ray start` gives a joining raylet a fixed 30 s to register; on a loaded 2-core machine it has missed that
         # once (a fresh-clone suite run), so a node that gave up is started again, with fresh ports, twice at most
         for attempt in range(3):
-            second_cmd = _ray(
+            second_cmd = ray_cli(
                 "start", "--block", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                 '--resources={"node_second": 1}', f"--temp-dir={second_dir}", "--disable-usage-stats",
-                *_node_ports(),
+                *node_ports(),
             )  # fmt: skip
-            procs.append(_start(second_cmd, env, logs[1]))
+            procs.append(start(second_cmd, env, logs[1]))
             try:
-                _wait_for(two_nodes, "the second node joining", procs, logs)
+                wait_for(two_nodes, "the second node joining", procs, logs)
                 break
             except RuntimeError:
                 if attempt == 2 or procs[0].poll() is not None:
                     raise
-                _stop_node(procs.pop())
+                stop_node(procs.pop())
         yield url, env, temp_dir
     finally:
         for proc in reversed(procs):
-            _stop_node(proc)
-        _kill_under(temp_dir)
-        _kill_under(second_dir)
-
-
-def _stop_node(proc: subprocess.Popen) -> None:
-    """End a node's process group: SIGTERM, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _kill_under(temp_dir: str) -> None:
-    """Anything still running under the cluster's temp dir (this test's processes only), then the dir itself."""
-    time.sleep(1)
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if temp_dir in " ".join(p.info["cmdline"] or []):
-                p.kill()
-        except psutil.Error:
-            pass
-    shutil.rmtree(temp_dir, ignore_errors=True)
+            stop_node(proc)
+        kill_under(temp_dir)
+        kill_under(second_dir)
 
 
 def _submit(url: str, env: dict, sid: str, args: list[str], wait: bool = True) -> subprocess.CompletedProcess:
     entry = [sys.executable, "-m", "lhas_ray.cli", *args, "--ray-address", "auto"]
-    cmd = _ray(
+    cmd = ray_cli(
         "job", "submit", "--address", url, "--submission-id", sid, *([] if wait else ["--no-wait"]),
         "--runtime-env", "clusters/runtime_env.yaml", "--", *entry,
     )  # fmt: skip
@@ -201,7 +134,7 @@ def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, s3
     deadline = time.time() + 300
     while not store.exists("_committed", "random__s0__t1.json") and time.time() < deadline:
         time.sleep(0.5)
-    stop = subprocess.run(_ray("job", "stop", "--address", url, first), env=env, capture_output=True, text=True)
+    stop = subprocess.run(ray_cli("job", "stop", "--address", url, first), env=env, capture_output=True, text=True)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     before = _mtimes(store, "_committed")
     assert store.path("_committed", "random__s0__t1.json") in before
@@ -264,28 +197,3 @@ def test_ray_job_submit_on_two_nodes_into_s3_equals_the_one_node_run(cluster, s3
     ]
     done = subprocess.run(again, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and f"job {sid}: done" in done.stdout, done.stdout + done.stderr
-
-
-def test_a_two_trial_sweep_on_two_nodes_into_s3(cluster, s3, tmp_path):
-    """`lhas-ray tune` through `ray job submit`: Tune's experiment state, every trial's run and the sweep's tables
-    in the bucket."""
-    url, env, _ = cluster
-    raw = sweep_config(heldout_seeds=[], max_concurrent=2)  # one trial on each node, at once
-    cfg_path, space_path, out = tmp_path / "c.yaml", tmp_path / "space.yaml", "s3://lhas-test/sweep"
-    cfg_path.write_text(yaml.safe_dump(raw))
-    space_path.write_text(yaml.safe_dump({"params": {"l_u": {"type": "uniform", "low": 0.1, "high": 2.0}}}))
-    sid = f"lhas-tune-{secrets.token_hex(3)}"
-    done = _submit(url, env, sid, ["tune", str(cfg_path), "--space", str(space_path), "-o", out, "--no-report"])
-    logs = done.stdout + done.stderr
-    assert done.returncode == 0 and "sweep finished" in logs, logs[-4000:]
-    store = ResultStore(out)
-    trials = store.read_parquet("trials.parquet").to_pandas()
-    assert len(trials) == 2 and set(trials.status) == {"completed"}, trials
-    nodes = set()
-    for name in trials.trial:
-        trial = ResultStore(f"{out}/trials/{name}")
-        assert trial.is_run() and {u.stage for u in trial.committed_units()} == {0, 1, 2}
-        nodes |= {json.loads(trial.read_bytes(f"_workers/{f}"))["node_id"] for f in trial.listdir("_workers")}
-    assert len(nodes) == 2  # the two trials ran at once, one on each node
-    assert store.exists("best_config.yaml") and store.exists("_tune")
-    assert not store.exists("optuna.journal")  # Optuna's journal needs a local file: a local OUT only

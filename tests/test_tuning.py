@@ -374,8 +374,13 @@ def test_tune_confirms_on_heldout_seeds_and_the_confirm_config_reproduces_it(res
     assert "<section id='confirmation'>" in open(os.path.join(out, "report.html")).read()
     assert "held-out" in open(os.path.join(out, "confirm", "report.md")).read()
 
-    rerun = str(tmp_path / "rerun")  # best_config.yaml + confirmation, as the user would rerun it
-    assert cli.main(["run", os.path.join(out, "confirm_config.yaml"), "-o", rerun, "--no-report"]) == 0
+    # best_config.yaml + confirmation, as the user would rerun it; its two trajectories as two groups side by side
+    # (Tune trials, one Train run each: where a run runs is not part of its identity, nor of its numbers)
+    rerun = str(tmp_path / "rerun")
+    argv = ["run", os.path.join(out, "confirm_config.yaml"), "-o", rerun, "--no-report"]
+    assert cli.main([*argv, "--set", "ray.concurrent_trajectories=2"]) == 0
+    (experiment,) = glob.glob(os.path.join(rerun, "_tune", "groups-*"))
+    assert len(glob.glob(os.path.join(experiment, "*", "result.json"))) == 2
     cols = ["selector", "seed", "stage", "eval_set", "skill", "metric"]
 
     def metrics(path: str) -> pd.DataFrame:
@@ -383,3 +388,21 @@ def test_tune_confirms_on_heldout_seeds_and_the_confirm_config_reproduces_it(res
         return df.sort_values(cols).reset_index(drop=True)[[*cols, "value"]]
 
     pd.testing.assert_frame_equal(metrics(rerun), metrics(held.uri))
+
+
+def test_an_autoscaling_clusters_size_comes_from_its_ray_up_config(tmp_path):
+    """Ray's v1 autoscaler publishes no maximum: the config `ray up` leaves on the head sizes the sweep."""
+    from lhas_ray.tuning.capacity import config_max_resources, max_cluster_resources
+
+    aws = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "clusters", "aws.yaml")))
+    # by hand: a CPU-less head, plus gpu_spot's {CPU: 4, GPU: 1} times its max_workers 8 (the cluster's cap is 8)
+    assert config_max_resources(aws) == {"CPU": 32.0, "GPU": 8.0}
+    capped = {**aws, "max_workers": 3}
+    assert config_max_resources(capped) == {"CPU": 12.0, "GPU": 3.0}
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(yaml.safe_dump(aws))
+    resources, source = max_cluster_resources(str(path))  # no Ray here: nothing published, the file decides
+    assert resources == {"CPU": 32.0, "GPU": 8.0} and str(path) in source
+    raw = sweep_config(max_concurrent=None)
+    raw["training"].update(num_workers=2, use_gpu=True, cpus_per_worker=4)
+    assert trial_concurrency(config_from_dict(raw), resources) == 4  # 8 GPUs / 2 per trial

@@ -28,6 +28,7 @@ from lhas_ray.progress import quiet_libraries
 from lhas_ray.selection import get_selector
 from lhas_ray.store import ResultStore, Unit
 from lhas_ray.training.checkpoint import checkpoint_path
+from lhas_ray.tuning.capacity import max_cluster_resources
 from lhas_ray.tuning.configs import trial_config, tuned_selector
 from lhas_ray.tuning.results import SweepResult, _trial_rows, write_sweep_outputs
 from lhas_ray.tuning.scores import (
@@ -206,6 +207,11 @@ def _searcher(cfg: ExperimentConfig, space: SearchSpace, store: ResultStore | No
     )
 
 
+def _resources_text(resources: dict[str, float]) -> str:
+    shown = [f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if resources.get(k)]
+    return ", ".join(shown) or "no CPU"
+
+
 def run_sweep(
     cfg: ExperimentConfig,
     space: SearchSpace,
@@ -238,13 +244,17 @@ def run_sweep(
             experiment, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=fs
         )
     else:
+        resources, source = max_cluster_resources()
+        at_once = trial_concurrency(cfg, resources)
+        why = "tune.max_concurrent" if cfg.tune.max_concurrent else f"{source}: {_resources_text(resources)}"
+        print(f"{min(at_once, n_trials)} trials at a time ({why})", flush=True)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(cfg, space, store),
                 scheduler=_scheduler(cfg),
                 num_samples=n_trials,
-                max_concurrent_trials=trial_concurrency(cfg),
+                max_concurrent_trials=at_once,
                 # FIFO: a trial process imports torch/DeepSpeed once, not once per trial. Never with ASHA: a stopped
                 # trial's process must end, or its Train run lives on and holds the resources the next trial needs.
                 reuse_actors=cfg.tune.scheduler == "fifo",

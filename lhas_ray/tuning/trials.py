@@ -12,12 +12,12 @@ import posixpath
 from collections.abc import Callable
 
 import pyarrow.fs as pafs
-import ray
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 from lhas_ray.config import ExperimentConfig
 from lhas_ray.store import ResultStore
+from lhas_ray.tuning.capacity import max_cluster_resources
 
 TUNE_DIR = "_tune"
 log = logging.getLogger("lhas_ray.tuning")
@@ -39,22 +39,11 @@ def child_uri(out: str, *parts: str) -> str:
     return os.path.join(os.path.abspath(out), *parts)
 
 
-def max_cluster_resources() -> dict[str, float]:
-    """The cluster's resources at its largest: the autoscaler's maximum if it has one, else what is there now."""
-    try:
-        from ray._private.state import state
-
-        biggest = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 (a private API: any failure means "no autoscaler information")
-        biggest = None
-    return dict(biggest) if biggest else dict(ray.cluster_resources())
-
-
 def trial_concurrency(cfg: ExperimentConfig, resources: dict[str, float] | None = None) -> int:
     """Trials at once: tune.max_concurrent, else as many Train runs (workers x CPUs/GPUs each) as the cluster fits."""
     if cfg.tune.max_concurrent:
         return cfg.tune.max_concurrent
-    res = resources if resources is not None else max_cluster_resources()
+    res = resources if resources is not None else max_cluster_resources()[0]
     t = cfg.training
     n = int(res.get("CPU", 0) // (t.num_workers * t.cpus_per_worker))
     if t.use_gpu:
