@@ -29,7 +29,7 @@ from lhas_ray.local_ray import start_local_ray
 from lhas_ray.progress import quiet_libraries
 from lhas_ray.protocol import pool_key, trajectory_worker
 from lhas_ray.scoring.shards import WholePoolDataConfig
-from lhas_ray.store import ResultStore, Unit
+from lhas_ray.store import ResultStore, Unit, check_committed
 from lhas_ray.tasks.suite import Suite, build_suite
 from lhas_ray.tuning.trials import trial_concurrency, trial_resources, tune_callbacks, tune_storage
 
@@ -205,6 +205,7 @@ def run_experiment(
     out = store.uri  # absolute: the Train workers do not share the driver's working directory
     suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
     ensure_same_run(store, cfg)
+    check_committed(store, [(s.key, seed) for seed in cfg.seeds for s in cfg.selectors], len(cfg.stages))
     log_to_folder(out)
     ray_start = init_ray(cfg, address, verbose)
     quiet_libraries()

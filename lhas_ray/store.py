@@ -34,6 +34,10 @@ TABLES = ("metrics", "curves", "timings")  # the long tables every unit writes (
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
+class DamagedOutput(ValueError):
+    """A file of the output folder that cannot be read (truncated, overwritten from outside): names it and what to do."""
+
+
 @dataclass(frozen=True)
 class Unit:
     """One committed piece of work: stage ``stage`` of the trajectory (selector, seed); stage 0 is the base model."""
@@ -85,11 +89,18 @@ class ResultStore:
     def write_bytes(self, relpath: str, data: bytes) -> str:
         """Write a file atomically: readers see the old file or the new one, never half of it."""
         final = self.path(relpath)
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
         tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, final)
+        try:
+            self.fs.create_dir(posixpath.dirname(final), recursive=True)
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, final)
+        except OSError as e:  # a full disk, a lost connection: no half file is left, the old one (if any) is whole
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
+            raise OSError(getattr(e, "errno", None), f"could not write {final} ({e}); the file was not replaced") from e
         return final
 
     def read_bytes(self, relpath: str) -> bytes:
@@ -102,8 +113,12 @@ class ResultStore:
         return self.write_bytes(relpath, buf.getvalue())
 
     def read_parquet(self, relpath: str) -> pa.Table:
-        with self.fs.open_input_file(self.path(relpath)) as f:
-            return pq.read_table(f)
+        path = self.path(relpath)
+        try:
+            with self.fs.open_input_file(path) as f:
+                return pq.read_table(f)
+        except pa.ArrowInvalid as e:  # exists but is not whole: say which file and what to do
+            raise DamagedOutput(f"{path} is not a readable parquet file ({e}){_redo_hint(self, relpath)}") from e
 
     # --- units: parts and commit markers -------------------------------------------------------------
     def write_part(self, table_name: str, unit: Unit, table: pa.Table) -> None:
@@ -118,6 +133,12 @@ class ResultStore:
         """Mark a unit complete; written last, after every part of the unit."""
         payload = {"selector": unit.selector, "seed": unit.seed, "stage": unit.stage, **(info or {})}
         self.write_bytes(f"_committed/{unit.key}.json", json.dumps(payload, sort_keys=True).encode())
+
+    def unit_parts(self, unit: Unit) -> list[str]:
+        """The relative paths of the long-table parts this unit wrote."""
+        return [
+            f"{t}.parquet/{unit.key}.parquet" for t in LONG_TABLES if self.exists(f"{t}.parquet", f"{unit.key}.parquet")
+        ]
 
     def is_committed(self, unit: Unit) -> bool:
         return self.exists("_committed", f"{unit.key}.json")
@@ -169,3 +190,42 @@ class ResultStore:
     def is_run(self) -> bool:
         """True when this folder holds a lhas_ray run (its resolved config is there)."""
         return self.exists("config.yaml")
+
+
+def _redo_hint(store: ResultStore, relpath: str) -> str:
+    """What to do about a damaged part of a committed unit: delete its marker and its trajectory's later ones."""
+    name = posixpath.basename(relpath)
+    m = re.fullmatch(r"(.+)__s(\d+)__t(\d+)\.parquet", name)
+    if not m or not store.exists("_committed", name.replace(".parquet", ".json")):
+        return ""
+    prefix, stage = f"{m.group(1)}__s{m.group(2)}__t", int(m.group(3))
+    later = sorted(k for k in store.committed_keys() if k.startswith(prefix) and int(k[len(prefix) :]) >= stage)
+    markers = ", ".join(store.path("_committed", f"{k}.json") for k in later)
+    return f"; to redo it, delete {markers} and rerun the same command: those units are run again"
+
+
+def check_committed(store: ResultStore, trajectories: list[tuple[str, int]], n_stages: int) -> None:
+    """Before a run resumes: every trajectory's committed stages are 0..k with no gap, and each committed unit's
+    parts have a readable parquet footer. Raises DamagedOutput naming the file and what to do."""
+    keys = store.committed_keys()
+    for selector, seed in trajectories:
+        done = [t for t in range(n_stages + 1) if Unit(selector, seed, t).key in keys]
+        if not done:
+            continue
+        gap = next((t for t in range(max(done)) if t not in done), None)
+        if gap is not None:
+            missing = store.path("_committed", f"{Unit(selector, seed, gap).key}.json")
+            later = ", ".join(store.path("_committed", f"{Unit(selector, seed, t).key}.json") for t in done if t > gap)
+            raise DamagedOutput(
+                f"{missing} is missing while later stages of {selector} seed {seed} are committed ({later}): "
+                "restore it, or delete those later markers and rerun the same command to redo that trajectory "
+                f"from stage {gap}"
+            )
+        for t in done:
+            for rel in store.unit_parts(Unit(selector, seed, t)):
+                path = store.path(rel)
+                try:
+                    with store.fs.open_input_file(path) as f:
+                        pq.read_metadata(f)
+                except (pa.ArrowInvalid, OSError) as e:
+                    raise DamagedOutput(f"{path} is not a readable parquet file ({e}){_redo_hint(store, rel)}") from e
