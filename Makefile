@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-fast lint format bench study paper real clean
+.PHONY: setup demo test test-fast lint format bench faults study paper real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,9 @@ real: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+faults: setup
+	$(PY) scripts/fault_matrix.py --root outputs/fault_matrix
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow"
