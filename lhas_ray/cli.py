@@ -202,7 +202,7 @@ def _tune(args: argparse.Namespace) -> int:
         cfg, space, out, trials=trials, address=args.ray_address, resume=bool(args.resume), verbose=args.verbose
     )
     print(f"\nsweep finished in {time.perf_counter() - start:.0f}s; results in {out}")
-    print(sweep_summary(result, cfg))
+    print(sweep_summary(result, result.config))
     if result.best is None:
         return 1
     if cfg.tune.heldout_seeds and not args.no_confirm:

@@ -243,3 +243,100 @@ def test_a_heldout_run_that_uses_a_development_seed_is_refused():
     raw["seeds"] = [1, 10]
     with pytest.raises(ConfigError, match=r"seeds: \[1\] are tune.development_seeds"):
         config_from_dict(raw)
+
+
+# --- an immediate floor: the baselines first, then the best objective among the trials that keep it -------------------
+IMMEDIATE_BY_LU = {0.5: 0.6, 1.5: 0.2}  # lhas's R[t, t] by l_u: l_u 1.5 learns less now ...
+LATER_BY_LU = {0.5: 0.3, 1.5: 0.9}  # ... and keeps more of the other stages (R[t, j], j != t)
+
+
+def _commit_matrix(out, group, n, now: float, later: float) -> None:
+    """Commit every unit of ``group`` with R[t, t] = now and R[t, j] = later (j != t); stage 0 all ``later``."""
+    import pyarrow as pa
+
+    from lhas_ray.store import ResultStore, Unit
+
+    store = ResultStore(out)
+    cols = ["selector", "seed", "stage", "eval_set", "eval_stage", "skill", "metric", "value"]
+    for selector, seed in group:
+        for t in range(n + 1):
+            rows = [
+                (selector, seed, t, f"eval/stage{j}", j, "all", "accuracy", now if j == t else later)
+                for j in range(1, n + 1)
+            ]
+            store.write_part(
+                "metrics", Unit(selector, seed, t), pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
+            )
+            store.commit(Unit(selector, seed, t))
+
+
+def tradeoff_protocol(cfg, out, data, group, fixed, name, callbacks, verbose=False):
+    """A trial whose immediate score and later accuracy trade off through l_u (``IMMEDIATE_BY_LU``/``LATER_BY_LU``)."""
+    lu = cfg.selectors[0].params["l_u"]
+    _commit_matrix(out, group, len(cfg.stages), IMMEDIATE_BY_LU[lu], LATER_BY_LU[lu])
+
+
+def test_an_immediate_floor_keeps_the_best_trial_within_tolerance_of_the_best_myopic(ray_session, tmp_path):
+    # baselines: random R[t, t] = 0.1, loss_high R[t, t] = 0.5 (the best myopic); floor = 0.5 - 0.1 = 0.4
+    raw = confirm_raw(trials=2, max_concurrent=2, objective="acc", immediate="first_immediate", immediate_tolerance=0.1)
+    cfg = config_from_dict(raw)
+    space = parse_search_space({"params": {"l_u": {"type": "choice", "values": [0.5, 1.5]}}})
+    out = str(tmp_path / "sweep")
+    order: list = []
+
+    def baselines(bcfg, bout, address):
+        order.append(("baselines", os.path.exists(os.path.join(out, "trials")), list(bcfg.seeds)))
+        for s in bcfg.selectors:
+            now = {"random": 0.1, "loss_high": 0.5}[s.key]
+            _commit_matrix(bout, [(s.key, seed) for seed in bcfg.seeds], len(bcfg.stages), now, 0.2)
+
+    result = run_sweep(cfg, space, out, protocol=tradeoff_protocol, baseline_runner=baselines)
+    assert order == [("baselines", False, [0, 1])]  # before any trial, on the development seeds
+    assert result.config.tune.immediate_floor == pytest.approx(0.4)
+    t = result.trials.set_index("param_l_u")
+    assert (t["status"] == "completed").all()
+    # by hand, 2 stages: acc at stage 2 = (R[2,1] + R[2,2]) / 2
+    assert t.loc[1.5, "objective"] == pytest.approx((0.9 + 0.2) / 2) and t.loc[0.5, "objective"] == pytest.approx(0.45)
+    assert t.loc[1.5, "immediate_score"] == pytest.approx(0.2) and t.loc[0.5, "immediate_score"] == pytest.approx(0.6)
+    assert t.loc[1.5, "constrained_objective"] == pytest.approx(0.55 - 10 * (0.4 - 0.2))
+    assert t.loc[0.5, "constrained_objective"] == pytest.approx(0.45)
+    # the higher objective is below the floor: the best trial is the feasible one, and best_config.yaml says why
+    assert result.best["param_l_u"] == 0.5
+    text = open(os.path.join(out, "best_config.yaml")).read()
+    assert "1 of 2 completed trials kept immediate_score >= the floor 0.4000" in text
+    assert load_config(os.path.join(out, "best_config.yaml")).tune.immediate_floor == pytest.approx(0.4)
+    # the confirmation's step 1 is the same baseline folder (a real run resumes it: nothing is left to run)
+    record: list = []
+    confirm(out, runner=synthetic_runner(record))
+    assert [r["seeds"] for r in record] == [[0, 1], [10, 11]]
+
+
+def test_an_unconstrained_sweep_keeps_the_best_objective_whatever_its_immediate_score():
+    from lhas_ray.tuning.results import best_trial
+
+    cfg = config_from_dict(confirm_raw())
+    done = pd.DataFrame({"trial": ["a", "b"], "objective": [0.45, 0.55], "immediate_score": [0.6, 0.2]})
+    assert best_trial(done, done, cfg)[0]["trial"] == "b"
+    floored = config_from_dict({**confirm_raw(), "tune": {**confirm_raw()["tune"], "immediate_floor": 0.7}})
+    done["constrained_objective"] = [0.45 - 10 * 0.1, 0.55 - 10 * 0.5]  # nobody at 0.7: the least penalised
+    best, why = best_trial(done, done, floored)
+    assert best["trial"] == "a" and "no completed trial kept immediate_score >= the floor 0.7000" in why
+
+
+@pytest.mark.parametrize(
+    "tune, message",
+    [
+        ({"immediate_tolerance": 0.05, "multi_objective": True}, "tune.multi_objective: a multi-objective sweep"),
+        ({"immediate_tolerance": -0.1}, "tune.immediate_tolerance"),
+    ],
+)
+def test_an_immediate_tolerance_that_cannot_mean_anything_is_refused(tune, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(confirm_raw(**tune))
+
+
+def test_an_immediate_tolerance_needs_a_myopic_baseline():
+    raw = confirm_raw(immediate_tolerance=0.05)
+    raw["selectors"] = [{"name": "random"}, {"name": "lhas", "params": {"knn": 16}}]
+    with pytest.raises(ConfigError, match="no best myopic selector to measure the tolerance from"):
+        config_from_dict(raw)

@@ -91,7 +91,7 @@ class ExperimentConfig(_Strict):
                     f"selectors.{i}.params.precondition: 'adam' preconditions stage 1's gradients with the warm-up's "
                     "optimizer state; set training.warmup.steps > 0 (or precondition: none)"
                 )
-        if problems := heldout_problems(self):
+        if problems := heldout_problems(self) + constraint_problems(self):
             raise ValueError("\n    ".join(problems))
         if leaks := ood_leaks(self.stages):
             raise ValueError("\n    ".join(leaks))
@@ -139,6 +139,27 @@ def heldout_problems(cfg: ExperimentConfig) -> list[str]:
     if not others:
         problems.append(
             "tune.heldout_seeds: the config has no selector but lhas, so there is nothing to confirm against"
+        )
+    return problems
+
+
+def constraint_problems(cfg: ExperimentConfig) -> list[str]:
+    """What keeps ``tune.immediate_tolerance``/``immediate_floor`` from meaning anything: a multi-objective sweep
+    (its Pareto set already keeps every immediate level), or no baseline to measure the tolerance from."""
+    tune = cfg.tune
+    if tune.immediate_tolerance is None and tune.immediate_floor is None:
+        return []
+    problems = []
+    if tune.multi_objective:
+        problems.append(
+            "tune.multi_objective: a multi-objective sweep keeps the Pareto set of immediate and objective; drop "
+            "tune.immediate_tolerance/immediate_floor, or set multi_objective: false"
+        )
+    myopic = [s.key for s in cfg.selectors if s.name not in ("lhas", "random")]
+    if tune.immediate_tolerance is not None and tune.immediate_floor is None and not myopic:
+        problems.append(
+            "tune.immediate_tolerance: the config has no selector but lhas and random, so there is no best myopic "
+            "selector to measure the tolerance from; add baselines (rds, loss_low, ...) or set tune.immediate_floor"
         )
     return problems
 

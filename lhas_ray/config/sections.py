@@ -329,6 +329,19 @@ class TuningConfig(_Strict):
         1, ge=0, description="Retries of a failed trial (a Train worker died...); it resumes from its last stage."
     )
     report_top: int = Field(8, ge=1, description="The sweep's report compares the best N completed trials.")
+    immediate_tolerance: float | None = Field(
+        None,
+        ge=0,
+        description="Keep the immediate score within this much of the best myopic selector's: the sweep first runs "
+        "the config's baselines on the development seeds, and the best trial is the best objective among trials whose "
+        "immediate score is at least (best myopic's) - tolerance; ASHA and TPE see the objective with a penalty for "
+        "any shortfall (None: objective alone).",
+    )
+    immediate_floor: float | None = Field(
+        None,
+        description="An absolute floor on the immediate score with the same effect; `lhas-ray tune` sets it from "
+        "immediate_tolerance and the baseline runs (recorded in best_config.yaml).",
+    )
     heldout_seeds: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=list,
         description="Seeds the sweep never sees: after it, `lhas-ray confirm` reruns the best weights beside the "

@@ -119,6 +119,34 @@ def best_myopic(scores: pd.DataFrame) -> str | None:
     return None if means.empty else str(means.sort_index().idxmax())
 
 
+def run_baselines(cfg: ExperimentConfig, out: str, address: str | None, runner: Runner) -> pd.DataFrame:
+    """Run (or resume) the sweep's own baseline runs into ``OUT/baselines/``; their scores per (selector, seed)."""
+    from lhas_ray.tuning.trials import child_uri
+
+    bcfg = baseline_config(cfg)
+    base_out = child_uri(out, BASELINES_DIR)
+    runner(bcfg, base_out, address)
+    return seed_scores(ResultStore(base_out), bcfg)
+
+
+def with_immediate_floor(cfg: ExperimentConfig, scores: pd.DataFrame) -> tuple[ExperimentConfig, str]:
+    """``cfg`` with ``tune.immediate_floor`` = the best myopic selector's mean immediate score over the development
+    seeds, less ``tune.immediate_tolerance``; and a sentence saying so."""
+    myopic = best_myopic(scores)
+    if myopic is None:
+        raise ConfigError("tune.immediate_tolerance: the baseline runs hold no selector but random to measure it from")
+    reference = float(scores.loc[myopic, IMMEDIATE].mean())
+    floor = reference - float(cfg.tune.immediate_tolerance)
+    raw = cfg.model_dump(mode="json")
+    raw["tune"]["immediate_floor"] = floor
+    n = len(scores.loc[myopic])
+    text = (
+        f"immediate floor {floor:.4f}: {myopic} (best myopic) scored {IMMEDIATE} {reference:.4f} on the {n} "
+        f"development seeds, less tune.immediate_tolerance {cfg.tune.immediate_tolerance:g}"
+    )
+    return config_from_dict(raw, source="sweep config with its immediate floor"), text
+
+
 # --- the tests --------------------------------------------------------------------------------------------------------
 def paired_rows(
     scores: pd.DataFrame, tuned: str, baselines: dict[str, str], metric: str, sample: str, level: float
@@ -255,11 +283,8 @@ def confirm(
         from lhas_ray.launch import run_experiment
 
         runner = functools.partial(run_experiment, verbose=verbose)
-    bcfg = baseline_config(cfg)
-    base_out = child_uri(out, BASELINES_DIR)
-    log.info("confirmation 1/2: the baselines on the development seeds %s, into %s", cfg.seeds, base_out)
-    runner(bcfg, base_out, address)
-    dev_scores = seed_scores(ResultStore(base_out), bcfg)
+    log.info("confirmation 1/2: the baselines on the development seeds %s", cfg.seeds)
+    dev_scores = run_baselines(cfg, out, address, runner)
     roles, ccfg = plan_confirmation(cfg, best, dev_scores, held)
     store = ResultStore(out)
     header = (

@@ -3,6 +3,7 @@ text of ``lhas-ray tune``. ``lhas-ray report OUT`` compares the best trials from
 
 from __future__ import annotations
 
+import logging
 import math
 import posixpath
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from lhas_ray.tuning.configs import best_config, trial_config
 from lhas_ray.tuning.scores import (
     IMMEDIATE,
     OBJECTIVE,
+    SCORE,
     STAGES_DONE,
     objective_names,
     training_steps,
@@ -29,6 +31,8 @@ from lhas_ray.tuning.trials import (
     child_uri,
 )
 
+log = logging.getLogger("lhas_ray.tuning")
+
 
 @dataclass
 class SweepResult:
@@ -38,6 +42,7 @@ class SweepResult:
     trials: pd.DataFrame
     pareto: pd.DataFrame
     best: pd.Series | None
+    config: ExperimentConfig  # as the trials ran it (with the immediate floor the sweep derived, if any)
 
 
 def _trial_rows(cfg: ExperimentConfig, out: str, grid) -> list[dict]:
@@ -75,6 +80,8 @@ def _score_row(cfg: ExperimentConfig, out: str, trial_id: str, params: dict, err
     else:
         status = "completed"
     row.update({OBJECTIVE: scores.get(OBJECTIVE, math.nan), IMMEDIATE: scores.get(IMMEDIATE, math.nan)})
+    if cfg.tune.immediate_floor is not None:
+        row[SCORE] = scores.get(SCORE, math.nan)
     row.update({m: scores.get(m, math.nan) for m in METRICS})
     row.update(
         {
@@ -107,16 +114,33 @@ def write_sweep_outputs(cfg: ExperimentConfig, space: SearchSpace, out: str, row
         )
     best = None
     if len(done):
-        pool = front if cfg.tune.multi_objective else done
-        best = pool.loc[pool[OBJECTIVE].idxmax()]
+        best, why = best_trial(done, front, cfg)
         params = {c.removeprefix("param_"): _plain(best[c]) for c in trials.columns if c.startswith("param_")}
         text = (
             f"# Best trial {best['trial']} of the sweep in {out}: {OBJECTIVE} = {best[OBJECTIVE]:.4f} "
             f"({cfg.tune.objective}), {IMMEDIATE} = {best[IMMEDIATE]:.4f} ({cfg.tune.immediate}).\n"
-            f"# Run it with: lhas-ray run best_config.yaml --output OUT\n"
+            + (f"# {why}\n" if why else "")
+            + "# Run it with: lhas-ray run best_config.yaml --output OUT\n"
         )
         store.write_bytes("best_config.yaml", (text + dump_config(best_config(cfg, params))).encode())
-    return SweepResult(out, trials, front.reset_index(drop=True), best)
+    return SweepResult(out, trials, front.reset_index(drop=True), best, cfg)
+
+
+def best_trial(done: pd.DataFrame, front: pd.DataFrame, cfg: ExperimentConfig) -> tuple[pd.Series, str]:
+    """The completed trial to confirm, and why when a floor chose it: the highest objective (on the Pareto set when
+    multi-objective); with an immediate floor, the highest objective among the trials at or above it, else the trial
+    with the highest penalised objective (the one least below it, objectives alike)."""
+    floor = cfg.tune.immediate_floor
+    if floor is None:
+        pool = front if cfg.tune.multi_objective else done
+        return pool.loc[pool[OBJECTIVE].idxmax()], ""
+    feasible = done[done[IMMEDIATE] >= floor]
+    if len(feasible):
+        why = f"{len(feasible)} of {len(done)} completed trials kept {IMMEDIATE} >= the floor {floor:.4f}; the best of them"
+        return feasible.loc[feasible[OBJECTIVE].idxmax()], why
+    log.warning("no completed trial kept %s >= %.4f; the best config is the least penalised trial", IMMEDIATE, floor)
+    why = f"no completed trial kept {IMMEDIATE} >= the floor {floor:.4f}: this is the one with the best {SCORE}"
+    return done.loc[done[SCORE].idxmax()], why
 
 
 def _plain(v):
@@ -129,10 +153,17 @@ def sweep_summary(result: SweepResult, cfg: ExperimentConfig) -> str:
     t = result.trials
     counts = ", ".join(f"{n} {s}" for s, n in t["status"].value_counts().items())
     lines = [f"{len(t)} trials: {counts} (in-sample: every number below is on the development seeds {cfg.seeds})"]
-    cols = ["trial", "status", STAGES_DONE, OBJECTIVE, IMMEDIATE] + [c for c in t.columns if c.startswith("param_")]
+    scored = [OBJECTIVE, IMMEDIATE] + ([SCORE] if SCORE in t.columns else [])
+    cols = ["trial", "status", STAGES_DONE, *scored] + [c for c in t.columns if c.startswith("param_")]
     lines.append(t[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.best is not None:
         lines.append(f"\nbest trial: {result.best['trial']} ({OBJECTIVE} = {result.best[OBJECTIVE]:.4f})")
+        if (floor := cfg.tune.immediate_floor) is not None:
+            done = t[t["status"] == "completed"]
+            lines.append(
+                f"immediate floor {floor:.4f}: {int((done[IMMEDIATE] >= floor).sum())} of {len(done)} completed "
+                f"trials at or above it; the best trial is the best {OBJECTIVE} among them (if none: the best {SCORE})"
+            )
         lines.append(f"best config: {child_uri(result.out, 'best_config.yaml')}")
         lines.append(f"Pareto set ({IMMEDIATE} vs {OBJECTIVE}): {', '.join(result.pareto['trial'])}")
     else:

@@ -15,7 +15,9 @@ from lhas_ray.evaluation.metrics import read_long_tables, run_trajectory
 from lhas_ray.store import ResultStore
 
 OBJECTIVE, IMMEDIATE = "objective", "immediate_score"
+SCORE = "constrained_objective"  # what ASHA and TPE maximise when the sweep has an immediate floor
 STAGES_DONE = "stages_done"
+SHORTFALL_PENALTY = 10.0  # objective points lost per point of immediate score below the floor
 
 
 class NonFiniteObjective(RuntimeError):
@@ -23,8 +25,17 @@ class NonFiniteObjective(RuntimeError):
 
 
 def objective_names(cfg: ExperimentConfig) -> list[str]:
-    """The metrics Optuna maximises: the long-horizon objective, and the immediate score when multi-objective."""
+    """The metrics Optuna maximises: the long-horizon objective, and the immediate score when multi-objective; the
+    objective less its shortfall penalty when the sweep has an immediate floor."""
+    if cfg.tune.immediate_floor is not None:
+        return [SCORE]
     return [IMMEDIATE, OBJECTIVE] if cfg.tune.multi_objective else [OBJECTIVE]
+
+
+def constrained(objective: float, immediate: float, floor: float) -> float:
+    """The objective less ``SHORTFALL_PENALTY`` per point of immediate score below ``floor``: a trial under the floor
+    ranks below a feasible one unless its objective is ahead by ten times its shortfall."""
+    return objective - SHORTFALL_PENALTY * max(0.0, floor - immediate)
 
 
 def trial_scores(store: ResultStore, cfg: ExperimentConfig, upto: tuple[int, int] | None = None) -> dict[str, float]:
@@ -34,7 +45,7 @@ def trial_scores(store: ResultStore, cfg: ExperimentConfig, upto: tuple[int, int
     order), so every report, and ASHA's judgement of it, is about the same point of every trial.
     """
     formulas = {OBJECTIVE: parse_formula(cfg.tune.objective), IMMEDIATE: parse_formula(cfg.tune.immediate)}
-    empty = {OBJECTIVE: math.nan, IMMEDIATE: math.nan, STAGES_DONE: 0}
+    empty = {OBJECTIVE: math.nan, IMMEDIATE: math.nan, SCORE: math.nan, STAGES_DONE: 0}
     metrics, curves, _ = read_long_tables(store)
     if metrics is not None and upto is not None:
         metrics, curves = (_as_of(df, cfg, *upto) if df is not None else None for df in (metrics, curves))
@@ -47,6 +58,8 @@ def trial_scores(store: ResultStore, cfg: ExperimentConfig, upto: tuple[int, int
     latest = scores.groupby(level="seed").tail(1)
     out = {k: float(v) for k, v in latest.mean(skipna=False).items()}
     out[STAGES_DONE] = len(scores)
+    if cfg.tune.immediate_floor is not None:
+        out[SCORE] = constrained(out[OBJECTIVE], out[IMMEDIATE], cfg.tune.immediate_floor)
     return out
 
 

@@ -9,6 +9,7 @@ not rerun. The sweep folder's layout: ``lhas_ray/tuning/__init__.py``."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import posixpath
@@ -33,6 +34,7 @@ from lhas_ray.tuning.configs import trial_config, tuned_selector
 from lhas_ray.tuning.results import SweepResult, _trial_rows, write_sweep_outputs
 from lhas_ray.tuning.scores import (
     OBJECTIVE,
+    SCORE,
     STAGES_DONE,
     NonFiniteObjective,
     ObjectiveReportCallback,
@@ -150,7 +152,7 @@ def _scheduler(cfg: ExperimentConfig):
     max_t = units - 1
     return ASHAScheduler(
         time_attr=STAGES_DONE,
-        metric=OBJECTIVE,
+        metric=SCORE if cfg.tune.immediate_floor is not None else OBJECTIVE,
         mode="max",
         max_t=max_t,
         grace_period=min(cfg.tune.grace_period, max_t),
@@ -207,6 +209,24 @@ def _searcher(cfg: ExperimentConfig, space: SearchSpace, store: ResultStore | No
     )
 
 
+def _floor_from_baselines(
+    cfg: ExperimentConfig, out: str, address: str | None, runner: Callable | None, verbose: bool
+) -> ExperimentConfig:
+    """Run (or resume) the sweep's baseline runs on the development seeds (the confirmation reuses them) and return
+    ``cfg`` with the immediate floor they set."""
+    from lhas_ray.tuning.confirm import run_baselines, with_immediate_floor
+
+    if runner is None:
+        from lhas_ray.launch import run_experiment
+
+        runner = functools.partial(run_experiment, verbose=verbose)
+    print(f"the baselines first, on the development seeds {cfg.seeds}: they set the immediate floor", flush=True)
+    floored, text = with_immediate_floor(cfg, run_baselines(cfg, out, address, runner))
+    print(text, flush=True)
+    log.info(text)
+    return floored
+
+
 def _resources_text(resources: dict[str, float]) -> str:
     shown = [f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if resources.get(k)]
     return ", ".join(shown) or "no CPU"
@@ -221,10 +241,13 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     protocol: Callable | None = None,
+    baseline_runner: Callable | None = None,
     verbose: bool = False,
 ) -> SweepResult:
     """Run (or resume) a sweep of ``trials`` trials into ``out`` and write its tables and best config. The console
-    gets a line per trial event (``TrialLines``); Tune's own tables only when ``verbose``."""
+    gets a line per trial event (``TrialLines``); Tune's own tables only when ``verbose``. With
+    ``tune.immediate_tolerance`` the baselines run first (``baseline_runner`` stands in for ``run_experiment`` in
+    tests) and set the immediate floor the trials are held to."""
     n_trials = trials or cfg.tune.trials
     tuned_selector(cfg)  # a bad tune.selector fails before Ray starts
     out = child_uri(out)
@@ -232,6 +255,8 @@ def run_sweep(
     started = _claim_folder(store, sweep_spec(cfg, space, n_trials), resume)
     log_to_folder(out)
     suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
+    if cfg.tune.immediate_tolerance is not None and cfg.tune.immediate_floor is None:
+        cfg = _floor_from_baselines(cfg, out, address, baseline_runner, verbose)
     init_ray(cfg, address, verbose)
     quiet_libraries()
     plan = {"mode": "sweep", "cfg": cfg.model_dump(mode="json"), "out": out, "protocol": protocol, "verbose": verbose}
