@@ -21,7 +21,6 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,17 +31,24 @@ import yaml
 from lhas_ray import schemas
 from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dump_config
 from lhas_ray.evaluation.definitions import HIGHER_IS_BETTER
-from lhas_ray.evaluation.formulas import parse_formula, stage_scores
-from lhas_ray.evaluation.metrics import read_long_tables, run_trajectory
 from lhas_ray.evaluation.stats import holm, min_attainable_p, sign_flip_pvalue, t_interval
 from lhas_ray.store import ResultStore
+from lhas_ray.tuning.baselines import (  # noqa: F401  (BASELINES_DIR, baseline_config: part of this module's API)
+    BASELINES_DIR,
+    IMMEDIATE,
+    OBJECTIVE,
+    Runner,
+    baseline_config,
+    best_myopic,
+    run_baselines,
+    seed_scores,
+)
 
 log = logging.getLogger("lhas_ray.confirmation")
 
 TUNED = "lhas_tuned"
-BASELINES_DIR, CONFIRM_DIR = "baselines", "confirm"
+CONFIRM_DIR = "confirm"
 CONFIRM_CONFIG, CONFIRMATION = "confirm_config.yaml", "confirmation.parquet"
-OBJECTIVE, IMMEDIATE = "objective", "immediate_score"
 COMPARED = (IMMEDIATE, "acc", "forgetting", "untrained_retention", "lca")  # the metrics family, in report order
 HELDOUT, IN_SAMPLE = "held-out", "in-sample"
 CONFIRMATION_SCHEMA = schemas.CONFIRMATION
@@ -59,18 +65,7 @@ class Confirmation:
     alpha: float = 0.05
 
 
-Runner = Callable[[ExperimentConfig, str, str | None], object]
-
-
 # --- the configs ------------------------------------------------------------------------------------------------------
-def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The sweep's own baseline runs: the config's selectors other than lhas, on the development seeds and data."""
-    raw = cfg.model_dump(mode="json")
-    raw["selectors"] = [s for s in raw["selectors"] if s["name"] != "lhas"]
-    raw.update({"name": f"{cfg.name}-baselines", "output": None})
-    return config_from_dict(raw, source="baseline config")
-
-
 def confirm_config(best: ExperimentConfig, tuned_key: str, baselines: list[str], seeds: list[int]) -> ExperimentConfig:
     """``best`` (best_config.yaml) on the held-out ``seeds``, each with its own data draw: the tuned lhas selector
     (labelled ``lhas_tuned``) and the ``baselines``, each baseline also tested against in the run's own report."""
@@ -94,57 +89,6 @@ def check_unseen(sweep: ExperimentConfig, confirm: ExperimentConfig) -> None:
     dev = {sweep.data_seed(s) for s in sweep.seeds}
     if shared := sorted(s for s in confirm.seeds if confirm.data_seed(s) in dev):
         raise ConfigError(f"held-out seeds {shared} would draw the same data as a development seed; pick others")
-
-
-# --- scores read back from run folders --------------------------------------------------------------------------------
-def seed_scores(store: ResultStore, cfg: ExperimentConfig) -> pd.DataFrame:
-    """One row per (selector, seed): every trajectory metric and the tune objective/immediate formulas at the seed's
-    last committed stage (the same reading a sweep scores its trials with)."""
-    metrics, curves, _ = read_long_tables(store)
-    if metrics is None:
-        raise ValueError(f"{store.uri}: no committed metrics")
-    traj = run_trajectory(metrics, curves, cfg)
-    formulas = {OBJECTIVE: parse_formula(cfg.tune.objective), IMMEDIATE: parse_formula(cfg.tune.immediate)}
-    parts = []
-    for selector, g in traj.groupby("selector", sort=True):
-        last = stage_scores(g, formulas).groupby(level="seed").tail(1).reset_index()
-        parts.append(last.assign(selector=selector))
-    return pd.concat(parts, ignore_index=True).set_index(["selector", "seed"]).sort_index()
-
-
-def best_myopic(scores: pd.DataFrame) -> str | None:
-    """The selector with the highest mean immediate score over seeds, random aside (ties: the first by name); None
-    when random is the only baseline."""
-    means = scores[IMMEDIATE].groupby(level="selector").mean().drop("random", errors="ignore")
-    return None if means.empty else str(means.sort_index().idxmax())
-
-
-def run_baselines(cfg: ExperimentConfig, out: str, address: str | None, runner: Runner) -> pd.DataFrame:
-    """Run (or resume) the sweep's own baseline runs into ``OUT/baselines/``; their scores per (selector, seed)."""
-    from lhas_ray.tuning.trials import child_uri
-
-    bcfg = baseline_config(cfg)
-    base_out = child_uri(out, BASELINES_DIR)
-    runner(bcfg, base_out, address)
-    return seed_scores(ResultStore(base_out), bcfg)
-
-
-def with_immediate_floor(cfg: ExperimentConfig, scores: pd.DataFrame) -> tuple[ExperimentConfig, str]:
-    """``cfg`` with ``tune.immediate_floor`` = the best myopic selector's mean immediate score over the development
-    seeds, less ``tune.immediate_tolerance``; and a sentence saying so."""
-    myopic = best_myopic(scores)
-    if myopic is None:
-        raise ConfigError("tune.immediate_tolerance: the baseline runs hold no selector but random to measure it from")
-    reference = float(scores.loc[myopic, IMMEDIATE].mean())
-    floor = reference - float(cfg.tune.immediate_tolerance)
-    raw = cfg.model_dump(mode="json")
-    raw["tune"]["immediate_floor"] = floor
-    n = len(scores.loc[myopic])
-    text = (
-        f"immediate floor {floor:.4f}: {myopic} (best myopic) scored {IMMEDIATE} {reference:.4f} on the {n} "
-        f"development seeds, less tune.immediate_tolerance {cfg.tune.immediate_tolerance:g}"
-    )
-    return config_from_dict(raw, source="sweep config with its immediate floor"), text
 
 
 # --- the tests --------------------------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def _floor_from_baselines(
 ) -> ExperimentConfig:
     """Run (or resume) the sweep's baseline runs on the development seeds (the confirmation reuses them) and return
     ``cfg`` with the immediate floor they set."""
-    from lhas_ray.tuning.confirm import run_baselines, with_immediate_floor
+    from lhas_ray.tuning.baselines import run_baselines, with_immediate_floor
 
     if runner is None:
         from lhas_ray.launch import run_experiment
