@@ -157,6 +157,11 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool, ver
 
         runs = log_run_to_mlflow(out, cfg, cfg.tracking.mlflow)
         print(f"mlflow: {len(runs)} trajectories in experiment {cfg.tracking.mlflow.experiment or cfg.name!r}")
+    if cfg.tracking.wandb is not None:
+        from lhas_ray.tracking_wandb import log_run_to_wandb
+
+        runs = log_run_to_wandb(out, cfg, cfg.tracking.wandb)
+        print(f"wandb: {len(runs)} trajectories in project {cfg.tracking.wandb.project!r} ({cfg.tracking.wandb.mode})")
     return 0
 
 

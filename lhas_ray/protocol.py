@@ -75,6 +75,7 @@ class TrajectoryRunner:
         self.ds_config = deepspeed_config(cfg.training, cfg.model, self.world)
         self.micro_batch = cfg.training.micro_batch(self.world)
         self._base_rows: dict[int, list[dict]] = {}
+        self._lm_tasks = None  # lm-eval's task index, built on first use (indexing takes seconds)
 
     # ---- building blocks ----
     def _engine(self, model, lr: float, steps: int):
@@ -90,6 +91,17 @@ class TrajectoryRunner:
         return evaluate_sets(
             model, tokenizer, sets, cfg.model.max_length, cfg.evaluation.batch_size, cfg.evaluation.accuracy
         )
+
+    def _judge(self, model, tokenizer, seed: int) -> list[dict]:
+        """A checkpoint's rows: every eval, OOD and general set of the seed, and the lm-eval tasks when configured."""
+        rows = self._evaluate(model, tokenizer, self.sets[seed])
+        if (lm_cfg := self.cfg.evaluation.lm_eval) is not None:
+            from lhas_ray.evaluation.lm_eval import evaluate_lm_tasks, task_manager
+
+            if self._lm_tasks is None:
+                self._lm_tasks = task_manager(lm_cfg)
+            rows += evaluate_lm_tasks(model, tokenizer, lm_cfg, self._lm_tasks, self.cfg.model.max_length)
+        return rows
 
     def _accuracy(self, model, tokenizer, eset: EvalSet) -> dict[str, float]:
         return {r["metric"]: r["value"] for r in self._evaluate(model, tokenizer, [eset]) if r["skill"] == "all"}
@@ -160,7 +172,7 @@ class TrajectoryRunner:
         if seed not in self._base_rows:
             with timer("evaluation"):
                 model, tokenizer = self._load(checkpoint_path("", seed, 0), adapters=False)
-                self._base_rows[seed] = self._evaluate(model, tokenizer, self.sets[seed])
+                self._base_rows[seed] = self._judge(model, tokenizer, seed)
         self._commit(Unit(selector, seed, 0), self._base_rows[seed], curve, timer.rows())
 
     # ---- stage t ----
@@ -208,9 +220,9 @@ class TrajectoryRunner:
             if moments is not None and rank() == 0:
                 save_moments(self.store, checkpoint_path(selector_key, seed, t), moments)
 
-        # 4. evaluate checkpoint t on every stage's eval set and every OOD set: row t of R
+        # 4. evaluate checkpoint t on every stage's eval set and every OOD set: row t of R (and lm-eval's tasks)
         with timer("evaluation"):
-            metrics = self._evaluate(engine.module, tokenizer, self.sets[seed])
+            metrics = self._judge(engine.module, tokenizer, seed)
         engine.destroy()
 
         # 5. probe adaptation: a short fine-tune from checkpoint t on stage t+1's fixed probe sample

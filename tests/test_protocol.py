@@ -20,6 +20,7 @@ import yaml
 
 from lhas_ray.config import config_from_dict, dump_config
 from lhas_ray.evaluation.accuracy import per_example
+from lhas_ray.evaluation.metrics import trajectory_metrics
 from lhas_ray.launch import build_suites, run_experiment
 from lhas_ray.model import load_pretrained, save_pretrained
 from lhas_ray.store import ResultStore
@@ -182,6 +183,26 @@ def test_a_folder_holding_another_config_is_refused(clean_run):
     assert open(os.path.join(out, "config.yaml")).read() == before
 
 
+def _lm_eval_task(folder, words: tuple[str, ...]) -> str:
+    """A multiple-choice lm-eval task (one doc per word, 3 choices) over a local jsonl, in its own include_path."""
+    folder.mkdir()
+    docs = [{"prompt": f"rv:{w}=", "choices": [w[::-1], w, "".join(sorted(w))], "label": 0} for w in words]
+    (folder / "tiny_mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    task = {
+        "task": "tiny_mc",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(folder / "tiny_mc.jsonl")}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+    (folder / "tiny_mc.yaml").write_text(yaml.safe_dump(task))
+    return str(folder)
+
+
 def _tiny_llama(folder: str) -> str:
     """A Llama-family causal LM with the built-in character tokenizer: the architecture of SmolLM2, tiny."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -226,7 +247,11 @@ def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, z
     spec = {"path": "json", "columns": {"prompt": "q", "answer": "a", "skill": "kind"}}
     raw = micro_config(model_name=_tiny_llama(str(tmp_path / "llama")), steps=20, zero_stage=zero_stage)
     raw["model"]["lora"] = {"r": 4, "alpha": 8}
-    raw["evaluation"] = {"accuracy": "token"}
+    # lm-eval's requests (3 docs x 3 choices) dealt over the 2 ranks in batches of 2: 5 and 4 requests, 3 batches
+    # each (one throwaway), so ZeRO-3's collective forwards stay in step
+    include = _lm_eval_task(tmp_path / "tasks", ("ab", "bca", "dcb"))
+    lm_eval = {"tasks": ["tiny_mc"], "include_path": include, "include_defaults": False, "batch_size": 2}
+    raw["evaluation"] = {"accuracy": "token", "lm_eval": lm_eval}
     raw["training"]["warmup"] = {"steps": 0}
     raw["stages"] = [
         {
@@ -251,6 +276,8 @@ def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, z
     metrics = ResultStore(out).read_table("metrics").to_pandas()
     acc = metrics.query("eval_set == 'eval/stage1' and skill == 'all' and metric == 'accuracy'").set_index("stage")
     assert 0 < acc.value[1] <= 1 and acc.value[1] > acc.value[0]  # next-token accuracy rose over the base model
+    lm = metrics.query("eval_set == 'lm_eval/tiny_mc' and metric == 'accuracy'")
+    assert sorted(lm.stage) == [0, 1] and lm.value.isin([0, 1 / 3, 2 / 3, 1]).all()
     merged, _ = load_pretrained(os.path.join(out, "checkpoints/less/s0/stage1"))  # adapters merged: plain HF load
     base, _ = load_pretrained(os.path.join(out, "checkpoints/_base/s0"))
     assert not any("lora" in n for n, _ in merged.named_parameters())
@@ -265,6 +292,8 @@ def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session
 
     Checked against the driver's own suites (build_suites): every selected example's skill and tags match the pool of
     its seed's draw, the two seeds' pools differ, and the general set covers every built-in skill after every stage.
+    The run also has evaluation.lm_eval on (a custom lm-eval task on a local jsonl): its lm_eval/<task> rows are there
+    for the base model and every stage of every trajectory, and give the lm_eval trajectory metrics.
     """
     raw = micro_config(
         model_name=hf_model_dir, steps=10, num_workers=1, warmup={"steps": 10, "size": 128, "lr": 3e-3}
@@ -274,6 +303,10 @@ def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session
     raw["seeds"] = [0, 1]
     # less with Adam preconditioning: stage 1 scores its pool with the warm-up's optimizer state (saved with the base)
     raw["selectors"] = [{"name": "random"}, {"name": "less", "label": "less_adam", "params": {"precondition": "adam"}}]
+    # general ability through lm-evaluation-harness: a custom task on a local jsonl, after the base and every stage
+    include = _lm_eval_task(tmp_path / "tasks", ("ab", "bca", "dcb", "cab"))
+    lm_eval = {"tasks": ["tiny_mc"], "include_path": include, "include_defaults": False}
+    raw["evaluation"] = {**raw["evaluation"], "lm_eval": lm_eval}
     cfg = config_from_dict(raw)
     suites = build_suites(cfg)
     pools = {seed: suites[seed].stages[0].pool.to_pandas().set_index("example_id") for seed in cfg.seeds}
@@ -293,6 +326,12 @@ def test_per_seed_data_differs_across_seeds_and_is_shared_within_one(ray_session
     for (_, _, _), g in general.groupby(["selector", "seed", "stage"]):
         assert set(g.skill) == set(SKILLS)
     assert set(general.stage) == {0, 1}
+    lm = metrics[(metrics.eval_set == "lm_eval/tiny_mc") & (metrics.metric == "accuracy")]
+    units = {(sel, seed, t) for sel in ("random", "less_adam") for seed in cfg.seeds for t in (0, 1)}
+    assert set(zip(lm.selector, lm.seed, lm.stage, strict=True)) == units and len(lm) == len(units)
+    assert lm.value.isin([0, 0.25, 0.5, 0.75, 1]).all() and lm.eval_stage.isna().all()  # 4 docs
+    traj = trajectory_metrics(metrics)
+    assert len(traj[traj.metric == "lm_eval_delta"]) == 4 and len(traj[traj.metric == "lm_eval_acc"]) == 4
     from lhas_ray.training.moments import load_moments
 
     for seed in cfg.seeds:  # the warm-up's Adam state of the projected parameters, saved beside each seed's base

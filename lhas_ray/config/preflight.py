@@ -1,5 +1,6 @@
 """Checks of a config against this machine, before Ray starts: the model folder, the packages a packaged model comes
-from, and every local HF data file with the columns its mapping reads (a schema read, never a full load).
+from, every local HF data file with the columns its mapping reads (a schema read, never a full load), and the
+lm-eval tasks of ``evaluation.lm_eval``.
 
 ``ExperimentConfig`` checks what a config says; this module checks what it points at. ``lhas-ray validate``, ``run``
 and ``tune`` call ``preflight`` so that a typo in a path fails in a second, not after Ray start-up and the warm-up.
@@ -137,11 +138,25 @@ def _sources(cfg) -> Iterator[tuple[HFSourceConfig, str]]:
                 yield spec, f"{base}.{group}.{name}"
 
 
+def lm_eval_problems(lm_cfg) -> list[str]:
+    """evaluation.lm_eval (an LMEvalConfig or None): lm-eval installed, include_path a folder, every task known."""
+    if lm_cfg is None:
+        return []
+    if importlib.util.find_spec("lm_eval") is None:
+        return ["evaluation.lm_eval: the lm-eval package is not installed; pip install 'lhas_ray[lmeval]'"]
+    from lhas_ray.evaluation.lm_eval import task_problems
+
+    return task_problems(lm_cfg)
+
+
 def preflight(cfg) -> list[str]:
     """Every problem of ``cfg`` (an ExperimentConfig) with what it points at on this machine, by field path."""
     problems = model_problems(cfg.model.name)
     if cfg.tracking.mlflow is not None and importlib.util.find_spec("mlflow") is None:
         problems.append("tracking.mlflow: the mlflow package is not installed; pip install 'lhas_ray[mlflow]'")
+    if cfg.tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
+        problems.append("tracking.wandb: the wandb package is not installed; pip install 'lhas_ray[wandb]'")
     for spec, where in _sources(cfg):
         problems += source_problems(spec, where)
+    problems += lm_eval_problems(cfg.evaluation.lm_eval)
     return problems

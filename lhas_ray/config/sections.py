@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lhas_ray.config.lmeval import LMEvalConfig
 from lhas_ray.config.sources import HFSourceConfig
 
 
@@ -253,6 +254,11 @@ class EvaluationConfig(_Strict):
         None,
         description="Long-horizon metrics of the myopia family (None: all); fewer claims make each Holm step easier.",
     )
+    lm_eval: LMEvalConfig | None = Field(
+        None,
+        description="General ability with lm-evaluation-harness after every stage (eval sets 'lm_eval/<task>'; "
+        "trajectory metrics lm_eval_acc, lm_eval_delta); None: off.",
+    )
 
     @field_validator("myopia_metrics")
     @classmethod
@@ -287,10 +293,32 @@ class MLflowConfig(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment name; None: the config's name.")
 
 
+class WandbConfig(_Strict):
+    """Log to Weights & Biases (extra ``wandb``): one W&B run per trajectory of a run, one per trial of a sweep."""
+
+    project: str = Field("lhas_ray", description="W&B project the runs go to.")
+    entity: str | None = Field(None, description="W&B team or user; None: the default entity of the API key.")
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline",
+        description="offline: run folders on disk only, no network (`wandb sync` uploads them later); online: the "
+        "W&B server (needs WANDB_API_KEY or `wandb login`); disabled: log nothing.",
+    )
+    dir: str | None = Field(
+        None,
+        description="Where wandb writes (<dir>/wandb/); None: WANDB_DIR, else the working directory (a sweep's "
+        "trial: its Tune trial folder).",
+    )
+    group: str | None = Field(
+        None, description="W&B group; None: the config's name for a run's trajectories, '<name>-sweep' for trials."
+    )
+    tags: list[str] = Field(default_factory=list, description="Tags put on every W&B run.")
+
+
 class TrackingConfig(_Strict):
     """Experiment trackers, off by default; not part of a run's identity (adding one to a finished run resumes it)."""
 
     mlflow: MLflowConfig | None = Field(None, description="MLflow tracking; None: off.")
+    wandb: WandbConfig | None = Field(None, description="Weights & Biases tracking; None: off.")
 
 
 class TuningConfig(_Strict):

@@ -57,7 +57,16 @@ DEFINITIONS: dict[str, MetricDef] = {
     ),
     "ood_acc": MetricDef(True, "mean accuracy over the OOD sets of stages 1..t (the stages trained so far)."),
     "ood_gap": MetricDef(False, "acc - ood_acc: in-distribution minus out-of-distribution accuracy, stages 1..t."),
+    "lm_eval_acc": MetricDef(
+        True, "mean accuracy over the lm-eval tasks (eval sets lm_eval/<task>, evaluation.lm_eval) after stage t."
+    ),
+    "lm_eval_delta": MetricDef(
+        True,
+        "mean over the lm-eval tasks of accuracy after stage t minus the base model's: the general ability delta of "
+        "TRACE (Wang et al. 2023); below 0 = general ability forgotten.",
+    ),
 }
+LM_EVAL_PREFIX = "lm_eval/"  # eval sets of lm-evaluation-harness tasks (evaluation.lm_eval): lm_eval/<task>
 HIGHER_IS_BETTER: dict[str, bool] = {m: d.higher_is_better for m, d in DEFINITIONS.items()}
 METRICS: tuple[str, ...] = tuple(DEFINITIONS)
 MATRIX_METRICS: tuple[str, ...] = ("immediate", "gain", "acc", "forgetting", "bwt", "fwt")

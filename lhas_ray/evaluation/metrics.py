@@ -6,7 +6,8 @@ table of what each metric means and which way is better (``definitions.py``): th
 ranking reads its directions. Undefined values are omitted from the long table (no row), never stored as NaN or inf.
 
 Which rows of ``metrics`` feed what: in-distribution eval sets have ``eval_stage`` set (R); OOD sets are named
-``ood/stage<t>-<kind>`` and belong to stage t; the ``general`` set spans every skill of the suite, targeted or not.
+``ood/stage<t>-<kind>`` and belong to stage t; the ``general`` set spans every skill of the suite, targeted or not;
+``lm_eval/<task>`` sets are lm-evaluation-harness tasks (general ability, compared with the base model's).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lhas_ray import schemas
-from lhas_ray.evaluation.definitions import FORGETTING_TEXT, MATRIX_METRICS, METRICS
+from lhas_ray.evaluation.definitions import FORGETTING_TEXT, LM_EVAL_PREFIX, MATRIX_METRICS, METRICS
 
 if TYPE_CHECKING:
     from lhas_ray.config import ExperimentConfig
@@ -242,6 +243,24 @@ def _ood_long(metrics: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([ood, gap], ignore_index=True)
 
 
+def _lm_eval_long(metrics: pd.DataFrame) -> pd.DataFrame:
+    """lm_eval_acc (mean accuracy over the lm-eval tasks) and lm_eval_delta (mean of each task's accuracy minus the
+    base model's) per (selector, seed, stage >= 1): general ability, from the ``lm_eval/<task>`` eval sets."""
+    rows = metrics[
+        (metrics["metric"] == "accuracy")
+        & (metrics["skill"] == "all")
+        & metrics["eval_set"].str.startswith(LM_EVAL_PREFIX)
+    ]
+    now = rows[rows["stage"] >= 1]
+    if now.empty:
+        return pd.DataFrame(columns=[*_KEYS, "metric", "value"])
+    acc = now.groupby(_KEYS, as_index=False)["value"].mean().assign(metric="lm_eval_acc")
+    base = rows[rows["stage"] == 0][["selector", "seed", "eval_set", "value"]].rename(columns={"value": "base"})
+    diff = now.merge(base, on=["selector", "seed", "eval_set"])
+    delta = diff.assign(value=diff["value"] - diff["base"]).groupby(_KEYS, as_index=False)["value"].mean()
+    return pd.concat([acc, delta.assign(metric="lm_eval_delta")], ignore_index=True)[[*_KEYS, "metric", "value"]]
+
+
 def trajectory_metrics(
     metrics: pd.DataFrame,
     curves: pd.DataFrame | None = None,
@@ -265,6 +284,7 @@ def trajectory_metrics(
         _imbalance_long(metrics),
         _retention_long(metrics),
         _ood_long(metrics, acc),
+        _lm_eval_long(metrics),
     ]
     out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     out = out[np.isfinite(out["value"].astype(float))]

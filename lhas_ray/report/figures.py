@@ -34,14 +34,6 @@ class Figure_:
     png: bytes
 
 
-def colors_for(selectors: list[str]) -> dict[str, tuple]:
-    """One fixed colour per selector, the same in every figure."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if len(selectors) <= 10 else "tab20"]
-    return {s: cmap(i % cmap.N) for i, s in enumerate(selectors)}
-
-
 def png(fig: Figure) -> bytes:
     """Render a figure to PNG bytes with the Agg canvas."""
     FigureCanvasAgg(fig)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import yaml
@@ -59,6 +59,7 @@ class RunInputs:
     objective: str = ""  # tune.objective, the quantity the confirmation's headline tests
     importances: pd.DataFrame | None = None  # OUT/importances.parquet of a sweep (param, objective, importance)
     selections: pd.DataFrame | None = None  # every committed selection (evaluation.composition.read_selections)
+    selector_names: dict[str, str] = field(default_factory=dict)  # selector key (label) -> registry name
 
 
 def read_config(store: ResultStore) -> dict:
@@ -175,7 +176,15 @@ def load_run(store: ResultStore) -> RunInputs:
         tune.objective if "tune" in cfg else "",
         importances,
         selections,
+        selector_names(cfg),
     )
+
+
+def selector_names(cfg: dict) -> dict[str, str]:
+    """Selector key -> registry name, from the resolved config (a sweep's trials: lhas); the report's colours group
+    selectors by family."""
+    selectors = [SelectorConfig.model_validate(s) for s in cfg.get("selectors") or [] if isinstance(s, dict)]
+    return {s.key: s.name for s in selectors}
 
 
 def run_sample(tune: TuningConfig, is_sweep: bool) -> str | None:

@@ -28,9 +28,9 @@ from lhas_ray.evaluation.ranking import (
     rank_analysis,
 )
 from lhas_ray.evaluation.ranking_table import ranking_table
+from lhas_ray.report.colors import colors_for
 from lhas_ray.report.figures import (
     Figure_,
-    colors_for,
     fig_bump,
     fig_composition,
     fig_heatmaps,
@@ -328,7 +328,7 @@ def write_report(out: str, *, tensorboard: bool = True) -> str:
     )
     ranking = rank_analysis(trajectory, baselines=st.baselines, alpha=st.alpha, myopia_metrics=st.myopia_metrics)
     T = int(run.metrics["stage"].max())
-    colors = colors_for(ranking.selectors)
+    colors = colors_for(ranking.selectors, run.selector_names)
     figures = [
         fig_heatmaps(mean_accuracy_matrices(run.metrics), T),
         fig_metrics(trajectory, colors),

@@ -69,7 +69,8 @@ class _NoTensorBoard(TBXLoggerCallback):
 
 def tune_callbacks(cfg: ExperimentConfig | None = None) -> list:
     """Tune's default loggers minus TensorBoard, plus Ray's ``MLflowLoggerCallback`` (one MLflow run per trial: its
-    parameters and every result it reports) when ``tracking.mlflow`` is set.
+    parameters and every result it reports) when ``tracking.mlflow`` is set, and its ``WandbLoggerCallback`` (the
+    same per W&B run) when ``tracking.wandb`` is.
 
     A trial that ASHA stops takes its Train controller with it; Ray Train's own placement-group cleaner (which asks
     the dashboard's state API, so init_ray starts the dashboard) frees the CPUs/GPUs that controller's run held.
@@ -87,6 +88,10 @@ def tune_callbacks(cfg: ExperimentConfig | None = None) -> list:
                 save_artifact=False,
             )
         )
+    if cfg is not None and cfg.tracking.wandb is not None:  # Ray's WandbLoggerCallback, one W&B run per trial
+        from lhas_ray.tracking_wandb import wandb_trial_logger
+
+        callbacks.append(wandb_trial_logger(cfg.tracking.wandb, cfg.name))
     return callbacks
 
 
