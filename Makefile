@@ -49,6 +49,7 @@ bench: setup
 	$(PY) benchmarks/bench_tune.py overhead
 	$(PY) benchmarks/bench_tune.py asha
 	$(PY) benchmarks/bench_training.py --model tiny
+	$(PY) benchmarks/bench_e2e.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
