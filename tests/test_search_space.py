@@ -18,6 +18,7 @@ import pytest
 import lhas_ray
 from lhas_ray.evaluation.formulas import parse_formula, stage_scores
 from lhas_ray.evaluation.ranking import pareto_mask
+from lhas_ray.selection.lhas import LHAS
 from lhas_ray.tuning.results import param_importances
 from lhas_ray.tuning.space import SearchSpaceError, load_search_space, parse_search_space
 
@@ -28,7 +29,10 @@ def test_packaged_spaces_load_and_name_lhas_parameters():
     assert {p.name for p in SPACES} >= {"lhas_default.yaml", "lhas_wide.yaml"}
     for path in SPACES:
         space = load_search_space(path)
-        assert {"l_u", "l_c", "l_f", "l_a"} <= set(space.params), path
+        assert set(space.params) <= set(LHAS.params), path  # every name is a parameter of the lhas selector
+        # at least three of the four weights; lhas_paper leaves l_u at the config's value, since J is invariant to
+        # scaling every weight alike (the others are then ratios to it)
+        assert len({"l_u", "l_c", "l_f", "l_a"} & set(space.params)) >= 3, path
         dists = space.distributions()
         assert all(isinstance(d, optuna.distributions.BaseDistribution) for d in dists.values())
     wide = load_search_space("lhas_wide").distributions()  # a bare name finds lhas_ray/search_spaces/NAME.yaml
