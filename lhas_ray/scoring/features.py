@@ -1,7 +1,8 @@
 """Per-example features from one batch: answer loss, exact match, EL2N, pooled embedding, projected gradients.
 
 All batched torch: one forward pass gives loss, exact match, EL2N and the embedding for the whole batch; per-example
-gradients come from ``torch.func.vmap(grad(...))``, never from a Python loop over examples.
+gradients come from one batched backward (``per_example``: Linear, Conv1D, LoRA, embedding and LayerNorm
+parameters), else from ``torch.func.vmap(grad(...))``; never from a Python loop over examples.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
+
+from lhas_ray.scoring import per_example
+from lhas_ray.scoring.projection import GradientProjector, unit_rows
 
 FORWARD_FEATURES = frozenset({"loss", "correct", "el2n", "emb"})
 GRAD_FEATURES = frozenset({"grad", "grad_norm"})
@@ -58,7 +62,7 @@ def select_grad_params(model: torch.nn.Module, spec: list[str]) -> dict[str, tor
 
     With LoRA on, only trainable (adapter) parameters qualify, as in LESS: 'last_block' is then the last block's
     adapters (the backward stops there, so scoring costs about one forward pass) and 'all' every adapter (LESS's
-    choice: a backward through the whole model per example).
+    choice: the batch's one backward then runs through the whole model).
     """
     named = dict(model.named_parameters())
     trainable = {n for n, p in named.items() if p.requires_grad}
@@ -86,40 +90,6 @@ def select_grad_params(model: torch.nn.Module, spec: list[str]) -> dict[str, tor
         if not chosen:
             raise ValueError(f"scoring.grad_params {spec}: none of those parameters is a LoRA adapter")
     return {n: named[n] for n in sorted(chosen)}
-
-
-class GradientProjector:
-    """Seeded Gaussian random projection of flattened per-example gradients to d dims (as TRAK and LESS do).
-
-    The matrix is generated per parameter from (seed, parameter index), so every worker builds the same one
-    without communication; it is cached when it fits in ``cache_elements`` floats and regenerated otherwise.
-    """
-
-    def __init__(self, shapes: dict[str, torch.Size], dim: int, seed: int, cache_elements: int = 1 << 26):
-        self.names = list(shapes)
-        self.sizes = [int(np.prod(s)) for s in shapes.values()]
-        self.dim = dim
-        self.seed = seed
-        total = sum(self.sizes) * dim
-        self._cache = [self._matrix(i) for i in range(len(self.names))] if total <= cache_elements else None
-
-    def _matrix(self, i: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        return torch.randn(self.sizes[i], self.dim, generator=gen) / np.sqrt(self.dim)
-
-    def __call__(self, grads: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        """(unit-normalised projected gradients [B, d], full gradient norms [B])."""
-        proj = None
-        sq = None
-        for i, name in enumerate(self.names):
-            g = grads[name].flatten(1).float()
-            m = self._cache[i] if self._cache is not None else self._matrix(i)
-            part = g @ m.to(g.device)
-            proj = part if proj is None else proj + part
-            sq = g.pow(2).sum(1) if sq is None else sq + g.pow(2).sum(1)
-        norm = sq.sqrt()
-        unit = proj / proj.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return unit.cpu().numpy().astype(np.float32), norm.cpu().numpy().astype(np.float32)
 
 
 class _LookupThenForward(torch.nn.Module):
@@ -168,9 +138,60 @@ def adam_precondition(grads: dict[str, torch.Tensor], moments: AdamMoments) -> d
 
 
 def per_example_grads(
+    model: torch.nn.Module,
+    params: dict[str, torch.nn.Parameter],
+    batch: dict[str, torch.Tensor],
+    method: str = "auto",
+) -> dict[str, torch.Tensor]:
+    """Gradient [B, *shape] of each example's answer loss w.r.t. each of ``params``.
+
+    ``method``: 'batched' (one backward, ``per_example``; ``per_example.Unsupported`` if a parameter is not
+    covered), 'vmap', or 'auto': batched and checked against autograd's batch gradient, else vmap.
+    """
+    if method != "vmap":
+        try:
+            outers = per_example.capture(model, params, batch, verify=method == "auto")
+            return {n: per_example.materialise(outers[n], p.shape) for n, p in params.items()}
+        except per_example.Unsupported:
+            if method == "batched":
+                raise
+    return vmap_per_example_grads(model, params, batch)
+
+
+def gradient_features(
+    model: torch.nn.Module,
+    params: dict[str, torch.nn.Parameter],
+    batch: dict[str, torch.Tensor],
+    projector: GradientProjector,
+    precondition: AdamMoments | None = None,
+    method: str = "batched",
+    verify: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(unit-normalised projected gradients [B, dim], gradient norms [B]) of every example in the batch.
+
+    ``method`` 'batched': one backward (``per_example.capture``, ``verify`` as there); plain gradients are then
+    projected and normed from their outer-product terms, never formed where the projection is Kronecker-structured;
+    Adam preconditioning is elementwise, so it forms them (still one backward). 'vmap': ``vmap_per_example_grads``.
+    """
+    if method == "vmap":
+        grads = vmap_per_example_grads(model, params, batch)
+    else:
+        outers = per_example.capture(model, params, batch, verify=verify)
+        if precondition is None:
+            shapes = {n: p.shape for n, p in params.items()}
+            sq = sum(per_example.squared_norms(outers[n], shapes[n]) for n in params)
+            proj = per_example.project_outers(outers, shapes, projector)
+            return unit_rows(proj), sq.sqrt().cpu().numpy().astype(np.float32)
+        grads = {n: per_example.materialise(outers[n], p.shape) for n, p in params.items()}
+    if precondition is not None:  # LESS's Adam features: the update Adam would take for each example
+        grads = adam_precondition(grads, precondition)
+    return projector(grads)
+
+
+def vmap_per_example_grads(
     model: torch.nn.Module, params: dict[str, torch.nn.Parameter], batch: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Gradient of each example's answer loss w.r.t. ``params``, batched with vmap.
+    """Gradient of each example's answer loss w.r.t. ``params``, batched with vmap (any parameter, any layer).
 
     Token ids go through vmap and the embedding lookup runs inside ``functional_call`` with ``params``, so a tensor
     shared by the input embedding and the LM head (``tie_word_embeddings``) gets both paths of its gradient, as a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -9,14 +10,9 @@ import pyarrow as pa
 import torch
 
 from lhas_ray.model import encode
-from lhas_ray.scoring.features import (
-    AdamMoments,
-    GradientProjector,
-    adam_precondition,
-    forward_stats,
-    per_example_grads,
-    select_grad_params,
-)
+from lhas_ray.scoring.features import AdamMoments, forward_stats, gradient_features, select_grad_params
+from lhas_ray.scoring.per_example import Unsupported
+from lhas_ray.scoring.projection import GradientProjector, Projection
 
 # feature columns a scorer can produce; "quality" comes from the reference (base) model, the rest from the current one
 SCORABLE = frozenset({"loss", "el2n", "emb", "grad", "grad_norm", "quality"})
@@ -26,6 +22,9 @@ class Scorer:
     """Holds a model (and optionally a reference model) and turns example batches into feature columns.
 
     ``precondition``: saved Adam moments; per-example gradients then become LESS's Adam features before projection.
+    ``projection``: 'kronecker' (default) or 'dense' (``scoring/projection.py``). ``grad_method``: 'auto' takes the
+    one-backward path, checked against autograd on the first batch, and vmap where it does not cover the
+    parameters; 'batched' or 'vmap' force one.
     """
 
     def __init__(
@@ -40,6 +39,8 @@ class Scorer:
         projection_seed: int = 0,
         reference: torch.nn.Module | None = None,
         precondition: AdamMoments | None = None,
+        projection: Projection = "kronecker",
+        grad_method: str = "auto",
     ):
         unknown = set(want) - SCORABLE
         if unknown:
@@ -47,12 +48,12 @@ class Scorer:
         if "quality" in want and reference is None:
             raise ValueError("feature 'quality' needs a reference model (the base checkpoint)")
         self.model, self.tokenizer, self.want, self.max_length = model, tokenizer, frozenset(want), max_length
-        self.reference, self.precondition = reference, precondition
+        self.reference, self.precondition, self.grad_method = reference, precondition, grad_method
         self.params = self.projector = None
         if self.want & {"grad", "grad_norm"}:
             self.params = select_grad_params(model, grad_params or ["last_block", "lm_head"])
             shapes = {n: p.shape for n, p in self.params.items()}
-            self.projector = GradientProjector(shapes, grad_dim, projection_seed)
+            self.projector = GradientProjector(shapes, grad_dim, projection_seed, kind=projection)
 
     def score(self, batch: pa.Table) -> dict[str, np.ndarray]:
         """Feature columns (numpy) for one batch, plus ``example_id``."""
@@ -64,14 +65,25 @@ class Scorer:
             stats = forward_stats(self.model, enc, want_emb="emb" in self.want)
             out.update({k: stats[k] for k in ("loss", "el2n", "emb") if k in self.want})
         if self.params is not None:
-            grads = per_example_grads(self.model, self.params, enc)
-            if self.precondition is not None:  # LESS's Adam features: the update Adam would take for each example
-                grads = adam_precondition(grads, self.precondition)
-            out["grad"], out["grad_norm"] = self.projector(grads)
+            out["grad"], out["grad_norm"] = self._gradient_features(enc)
             out = {k: v for k, v in out.items() if k in self.want or k == "example_id"}
         if "quality" in self.want:  # higher is better: minus the answer loss under the reference model
             out["quality"] = -forward_stats(self.reference, enc, want_emb=False)["loss"]
         return out
+
+    def _gradient_features(self, enc: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Projected gradients and norms; on 'auto', the first batch settles which path the rest take."""
+        args = (self.model, self.params, enc, self.projector, self.precondition)
+        if self.grad_method != "auto":
+            return gradient_features(*args, method=self.grad_method)
+        try:
+            feats = gradient_features(*args, method="batched", verify=True)
+            self.grad_method = "batched"
+        except Unsupported as e:
+            warnings.warn(f"per-example gradients through vmap (slower): {e}", stacklevel=2)
+            self.grad_method = "vmap"
+            feats = gradient_features(*args, method="vmap")
+        return feats
 
     def score_batches(self, batches: Iterable[pa.Table]) -> pa.Table:
         """Score every batch and concatenate, sorted by example_id so row order never depends on block order."""
