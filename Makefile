@@ -49,7 +49,9 @@ bench: setup
 	$(PY) benchmarks/bench_tune.py overhead
 	$(PY) benchmarks/bench_tune.py asha
 	$(PY) benchmarks/bench_training.py --model tiny
+	$(PY) benchmarks/bench_grad_features.py
 	$(PY) benchmarks/bench_e2e.py
+	$(PY) benchmarks/bench_tracking.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
