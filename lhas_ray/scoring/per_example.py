@@ -209,16 +209,21 @@ def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def squared_norms(outers: list[Outer], shape: torch.Size, method: str = "auto") -> torch.Tensor:
     """||G_n||^2 per example: 'gram' from token Gram matrices, sum_ts <a_t, a_s><b_t, b_s> (no G formed), 'form' from
-    G formed a chunk of examples at a time, 'auto' whichever costs fewer flops (1-D parameters: always formed)."""
+    G formed, 'auto' whichever costs fewer flops (1-D parameters: always formed); a chunk of examples at a time."""
     n, numel = len(outers[0].rows), int(torch.Size(shape).numel())
+    width = sum(o.rows.shape[1] for o in outers)
     if method == "auto":
-        width = sum(o.rows.shape[1] for o in outers)
         gram_cost = width * width * (shape[0] + numel // shape[0])
         form_cost = sum(o.rows.shape[1] * (numel // shape[0] if o.indexed else numel) for o in outers)
         method = "gram" if gram_cost < form_cost else "form"
     if method == "form" or any(o.cols is None for o in outers):
         return torch.cat([materialise(outers, shape, s).flatten(1).pow(2).sum(1) for s in example_chunks(n, numel)])
-    return sum((_gram(u.rows, v.rows) * _gram(u.cols, v.cols)).sum((1, 2)) for u in outers for v in outers)
+    return torch.cat(
+        [
+            sum((_gram(u.rows[s], v.rows[s]) * _gram(u.cols[s], v.cols[s])).sum((1, 2)) for u in outers for v in outers)
+            for s in example_chunks(n, width * width)
+        ]
+    )
 
 
 def project_outers(
