@@ -145,6 +145,9 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool, ver
         flush=True,
     )
     start = time.perf_counter()
+    from lhas_ray.tracking import warm_trackers
+
+    warm_trackers(cfg)
     run_experiment(cfg, out, address, verbose)
     print(f"\nfinished in {time.perf_counter() - start:.0f}s; results in {out}")
     print(accuracy_text(out))
@@ -155,13 +158,22 @@ def _run(cfg: ExperimentConfig, out: str, address: str | None, report: bool, ver
     if cfg.tracking.mlflow is not None:
         from lhas_ray.tracking import log_run_to_mlflow
 
+        started = time.perf_counter()
         runs = log_run_to_mlflow(out, cfg, cfg.tracking.mlflow)
-        print(f"mlflow: {len(runs)} trajectories in experiment {cfg.tracking.mlflow.experiment or cfg.name!r}")
+        print(
+            f"mlflow: {len(runs)} trajectories in experiment {cfg.tracking.mlflow.experiment or cfg.name!r} "
+            f"({time.perf_counter() - started:.1f}s)"
+        )
     if cfg.tracking.wandb is not None:
         from lhas_ray.tracking_wandb import log_run_to_wandb
 
+        started = time.perf_counter()
         runs = log_run_to_wandb(out, cfg, cfg.tracking.wandb)
-        print(f"wandb: {len(runs)} trajectories in project {cfg.tracking.wandb.project!r} ({cfg.tracking.wandb.mode})")
+        wb = cfg.tracking.wandb
+        print(
+            f"wandb: {len(runs)} trajectories in project {wb.project!r} ({wb.mode}, "
+            f"{time.perf_counter() - started:.1f}s)"
+        )
     return 0
 
 

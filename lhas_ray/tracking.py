@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,41 @@ def metric_points(
         t = trajectory[(trajectory.selector == selector) & (trajectory.seed == seed)].dropna(subset=["value"])
         out += [(f"traj/{m}", float(v), int(s)) for m, v, s in zip(t.metric, t.value, t.stage, strict=True)]
     return out
+
+
+def _import_mlflow() -> None:
+    import mlflow.tracking  # noqa: F401
+
+
+def _start_wandb() -> None:
+    import wandb
+
+    import lhas_ray.tracking_wandb  # noqa: F401
+
+    wandb.setup()  # the service process that ``wandb.init`` would otherwise start, and ``teardown`` ends
+
+
+def warm_trackers(cfg: ExperimentConfig) -> threading.Thread | None:
+    """Import the enabled trackers (and start W&B's service) on a daemon thread while the run trains, so logging at
+    the end pays only for its calls: the driver mostly waits on Ray meanwhile. None if no tracker is enabled."""
+    tasks = []
+    if cfg.tracking.mlflow is not None:
+        tasks.append(_import_mlflow)
+    if cfg.tracking.wandb is not None and cfg.tracking.wandb.mode != "disabled":
+        tasks.append(_start_wandb)
+    if not tasks:
+        return None
+
+    def warm() -> None:
+        for task in tasks:
+            try:
+                task()
+            except Exception as exc:  # noqa: BLE001  (logging at the end imports again and says what is wrong)
+                log.debug("warming a tracker failed: %s", exc)
+
+    thread = threading.Thread(target=warm, name="lhas-warm-trackers", daemon=True)
+    thread.start()
+    return thread
 
 
 def log_run_to_mlflow(out: str, cfg: ExperimentConfig, settings: MLflowConfig) -> dict[str, str]:

@@ -262,3 +262,32 @@ def test_wandb_configured_but_not_installed_is_refused_before_ray(tmp_path, monk
         "tracking.wandb: the wandb package is not installed; pip install 'lhas_ray[wandb]'" in capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()
+
+
+WARM = """
+import sys
+from lhas_ray.config import config_from_dict
+from lhas_ray.tracking import warm_trackers
+from tests.helpers import micro_config
+
+raw = micro_config()
+assert warm_trackers(config_from_dict(raw)) is None
+raw["tracking"] = {"mlflow": {"tracking_uri": "file:///unused"}}
+assert "mlflow" not in sys.modules
+thread = warm_trackers(config_from_dict(raw))
+thread.join(120)
+print("mlflow.tracking" in sys.modules, thread.daemon)
+"""
+
+
+def test_enabled_trackers_are_imported_on_a_daemon_thread_while_the_run_trains():
+    """`warm_trackers`: nothing without a tracker; with MLflow, a daemon thread that leaves it imported (checked in a
+    fresh interpreter, where nothing imported it before)."""
+    pytest.importorskip("mlflow", reason="tracking needs the mlflow extra (pip install 'lhas_ray[mlflow]')")
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", WARM], capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True"]
