@@ -255,7 +255,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128, help="tokens per row (every row is full length)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cpus-per-worker", type=int, default=1)
-    ap.add_argument("--zero-stage", type=int, default=2)
+    ap.add_argument("--zero-stage", type=int, default=0, help="DeepSpeed ZeRO stage (default: the product default, 0)")
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank (8: the stage make real runs); 0: all weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(

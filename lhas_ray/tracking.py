@@ -104,9 +104,8 @@ def _import_mlflow() -> None:
 
 
 def _start_wandb() -> None:
+    import ray.air.integrations.wandb  # noqa: F401  (what tracking_wandb imports at its top)
     import wandb
-
-    import lhas_ray.tracking_wandb  # noqa: F401
 
     wandb.setup()  # the service process that ``wandb.init`` would otherwise start, and ``teardown`` ends
 

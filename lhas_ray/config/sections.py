@@ -175,7 +175,14 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(32, ge=1, description="Global batch size per step (split over workers).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3); configs in training/deepspeed/.")
+    zero_stage: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="DeepSpeed ZeRO stage (0-3; configs in training/deepspeed/). 0, replicated AdamW with all-reduced "
+        "gradients, is the fastest where the model and its optimizer state fit each worker; 2 or 3 partition them "
+        "when memory needs it.",
+    )
     num_workers: int = Field(2, ge=1, description="Ray Train workers per trajectory.")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per Train worker.")
