@@ -566,3 +566,25 @@ def test_composition_section_counts_what_each_selector_picked(tmp_path):
     assert header[:6] == ["selector", "s1 duplicate", "s1 noise", "s1 related", "s1 target", "s1 unrelated"]
     assert shares["random"][:5] == [0, 25, 25, 25, 50] and shares["random"][5:] == shares["random"][:5]
     assert shares["rds"][:5] == [0, 25, 25, 75, 0]
+
+
+def test_a_tie_everywhere_is_shown_as_no_ranking_and_not_myopic_reads_as_one_claim():
+    """tau-b is undefined when one ranking is all ties (every selector censored at the probe's end): the table says
+    so instead of printing "+nan" beside "0%" discordant. A selector that is not myopic is labelled as one claim, not
+    as "not better now and worse later" (which reads as: worse now, and worse later)."""
+    from types import SimpleNamespace
+
+    from lhas_ray.evaluation.baselines import myopia_verdict
+    from lhas_ray.report.tables import tau_table
+
+    tau = pd.DataFrame(
+        {"metric": ["acc", "steps_to_threshold"], "stage": [3, 2], "n_selectors": [13, 13],
+         "tau_b": [0.336, np.nan], "discordant": [0.29, 0.0]}
+    )  # fmt: skip
+    table = tau_table(SimpleNamespace(tau=tau, descriptive=True, level=0.95))
+    assert table["tau-b of mean rankings"].tolist() == ["+0.336", "n/a (all tied)"]
+    assert table["discordant pairs"].tolist() == ["29%", "n/a"]
+    untested = SimpleNamespace(p_holm=np.nan, point_myopic=False, myopic=False, baseline="random")
+    tested = SimpleNamespace(p_holm=0.4, point_myopic=False, myopic=False, baseline="random")
+    for row in (untested, tested):
+        assert myopia_verdict(row, 0.05) == "not myopic: not both better now and worse later"

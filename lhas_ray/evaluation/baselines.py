@@ -158,12 +158,15 @@ def baseline_tests(
     return _adjusted(diffs, claims, alpha)
 
 
+NOT_MYOPIC = "not myopic: not both better now and worse later"  # "not better now and worse later" read as two claims
+
+
 def myopia_verdict(row, alpha: float) -> str:
     """One phrase for a myopia claim: significant after Holm, or what the point estimates say."""
     if np.isnan(row.p_holm):
-        return "point estimates only (one seed: not tested)" if row.point_myopic else "not better now and worse later"
+        return "point estimates only (one seed: not tested)" if row.point_myopic else NOT_MYOPIC
     if row.myopic:
         return f"myopic: better than {row.baseline} now, worse later (Holm-adjusted p = {row.p_holm:.3g} < {alpha:g})"
     if row.point_myopic:
         return f"better now and worse later by point estimate, not significant (Holm-adjusted p = {row.p_holm:.3g})"
-    return "not better now and worse later"
+    return NOT_MYOPIC

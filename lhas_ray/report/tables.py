@@ -27,8 +27,11 @@ def tau_table(ranking: Ranking) -> pd.DataFrame:
         {
             "long-horizon metric": [f"{m}@{s}" for m, s in zip(t["metric"], t["stage"], strict=True)],
             "selectors": t["n_selectors"].astype(int).astype(str),
-            "tau-b of mean rankings": t["tau_b"].map("{:+.3f}".format),
-            "discordant pairs": t["discordant"].map("{:.0%}".format),
+            # NaN: no ranking to compare (every selector tied, e.g. none reached a threshold within the probe)
+            "tau-b of mean rankings": t["tau_b"].map(lambda v: "n/a (all tied)" if np.isnan(v) else f"{v:+.3f}"),
+            "discordant pairs": [
+                "n/a" if np.isnan(tau) else f"{d:.0%}" for tau, d in zip(t["tau_b"], t["discordant"], strict=True)
+            ],
         }
     )
     if not ranking.descriptive:
