@@ -88,7 +88,6 @@ def bench_config(steps: int, selectors: list[str], quick: bool) -> ExperimentCon
             "steps": steps,
             "lr": 3e-3,
             "batch_size": 32,
-            "zero_stage": 2,
             "num_workers": 2,
             "eval_every": 10 if quick else 25,
             "warmup": {"steps": 20 if quick else 1000, "size": 200 if quick else 2000, "lr": 3e-3},
