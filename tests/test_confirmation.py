@@ -340,3 +340,26 @@ def test_an_immediate_tolerance_needs_a_myopic_baseline():
     raw["selectors"] = [{"name": "random"}, {"name": "lhas", "params": {"knn": 16}}]
     with pytest.raises(ConfigError, match="no best myopic selector to measure the tolerance from"):
         config_from_dict(raw)
+
+
+def test_a_trial_below_the_floor_is_printed_with_the_score_it_was_ranked_by(caplog):
+    """The sweep's console line shows the objective and, when the floor cut it, the constrained score ASHA and TPE
+    ranked the trial by: 0.30 - 10 x (0.485 - 0.455) = 0.0, worked by hand."""
+    import logging
+    from types import SimpleNamespace
+
+    from lhas_ray.tuning.scores import constrained
+    from lhas_ray.tuning.trials import TrialLines
+
+    above = {"objective": 0.2, "immediate_score": 0.5, "constrained_objective": 0.2, "stages_done": 3}
+    below = {"objective": 0.3, "immediate_score": 0.455, "constrained_objective": constrained(0.3, 0.455, 0.485)}
+    lines = TrialLines(total=2)
+    with caplog.at_level(logging.INFO, logger="lhas_ray.tuning"):
+        for i, result in enumerate((above, {**below, "stages_done": 3})):
+            trial = SimpleNamespace(experiment_tag=f"{i + 1}_l_u=1", trial_id=f"id{i}", last_result=result)
+            lines.on_trial_complete(0, [], trial)
+    assert caplog.messages[0] == "[1/2] trial t001_id0 ended after 3 stage(s): objective 0.200"
+    assert caplog.messages[1] == (
+        "[2/2] trial t002_id1 ended after 3 stage(s): objective 0.300 (ranked at 0.000: immediate 0.455 is below the "
+        "floor)"
+    )

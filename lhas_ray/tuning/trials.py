@@ -107,6 +107,19 @@ def trial_name(trial) -> str:
     return f"t{int(number):03d}_{trial.trial_id}" if number.isdigit() else str(trial.trial_id)
 
 
+def objective_text(result: dict) -> str:
+    """``objective 0.123``, plus what ASHA and TPE ranked it by when an immediate floor cut it
+    (``constrained_objective``, only in floored sweeps)."""
+    objective = result.get("objective", float("nan"))
+    text = f"objective {objective:.3f}"
+    score = result.get("constrained_objective")
+    if score is not None and score == score and score != objective:
+        text += (
+            f" (ranked at {score:.3f}: immediate {result.get('immediate_score', float('nan')):.3f} is below the floor)"
+        )
+    return text
+
+
 class TrialLines(tune.Callback):
     """The sweep's console: a line per committed stage of a trial (with its objective so far), per finished trial
     and per failed one, instead of Tune's status tables."""
@@ -119,23 +132,23 @@ class TrialLines(tune.Callback):
         if "seed" not in result:  # the trial's closing report (every stage already announced)
             return
         log.info(
-            "trial %s: seed %s stage %s done, objective so far %.3f",
+            "trial %s: seed %s stage %s done, %s so far",
             trial_name(trial),
             result["seed"],
             result["stage"],
-            result.get("objective", float("nan")),
+            objective_text(result),
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.finished += 1
         result = trial.last_result or {}
         log.info(
-            "[%d/%d] trial %s ended after %s stage(s): objective %.3f",
+            "[%d/%d] trial %s ended after %s stage(s): %s",
             self.finished,
             self.total,
             trial_name(trial),
             result.get("stages_done", "?"),
-            result.get("objective", float("nan")),
+            objective_text(result),
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
