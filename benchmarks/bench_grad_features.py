@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import string
+import sys
 import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -38,6 +39,10 @@ from lhas_ray.model import build_model, char_tokenizer, encode, with_adapters  #
 from lhas_ray.scoring.score import Scorer  # noqa: E402
 from lhas_ray.tasks import builtin  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+from helpers import reverse_pool_spec  # noqa: E402
+
 PATHS = {
     "loss": dict(want={"loss"}),
     "vmap": dict(want={"grad", "grad_norm"}, projection="dense", grad_method="vmap"),
@@ -48,19 +53,7 @@ PATHS = {
 
 def make_pool(n: int) -> pa.Table:
     """A built-in pool of n rows (the suite's prompts and answers, as a stage would score them)."""
-    spec = builtin.SuiteSpec(
-        stage=1,
-        targets=("reverse",),
-        pool_size=n,
-        target_share=0.4,
-        related_share=0.3,
-        noise=0.1,
-        duplicates=0.05,
-        eval_size=1,
-        ood=(),
-        ood_size=1,
-        probe_size=1,
-    )
+    spec = reverse_pool_spec(n)
     return builtin.pool(spec, 0, 2, 6)
 
 

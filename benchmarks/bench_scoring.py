@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import tempfile
 import time
 
@@ -26,25 +27,17 @@ from lhas_ray.scoring.actor_pool import score_with_actor_pool
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.tasks import builtin
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+from helpers import reverse_pool_spec  # noqa: E402
+
 
 def write_pool(n: int, folder: str, rows_per_file: int = 10_000) -> list[str]:
     """A built-in pool of n rows as parquet files (generated and written in chunks, never whole in memory)."""
     paths = []
     for i, start in enumerate(range(0, n, rows_per_file)):
         size = min(rows_per_file, n - start)
-        spec = builtin.SuiteSpec(
-            stage=1 + i,
-            targets=("reverse",),
-            pool_size=size,
-            target_share=0.4,
-            related_share=0.3,
-            noise=0.1,
-            duplicates=0.05,
-            eval_size=1,
-            ood=(),
-            ood_size=1,
-            probe_size=1,
-        )
+        spec = reverse_pool_spec(size, stage=1 + i)
         path = os.path.join(folder, f"part-{i:05d}.parquet")
         pq.write_table(builtin.pool(spec, 0, 2, 6), path)
         paths.append(path)

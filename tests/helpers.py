@@ -13,6 +13,26 @@ from lhas_ray.store import ResultStore, Unit
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in protocols run inside Tune trials
 
 
+def reverse_pool_spec(pool_size: int, stage: int = 1, eval_size: int = 1, probe_size: int = 1):
+    """The built-in suite's spec of one 'reverse' stage with the usual shares (40% target, 30% related, 10% noise, 5%
+    duplicates) and no OOD sets: the pool the scoring tests and benchmarks draw."""
+    from lhas_ray.tasks import builtin
+
+    return builtin.SuiteSpec(
+        stage=stage,
+        targets=("reverse",),
+        pool_size=pool_size,
+        target_share=0.4,
+        related_share=0.3,
+        noise=0.1,
+        duplicates=0.05,
+        eval_size=eval_size,
+        ood=(),
+        ood_size=1,
+        probe_size=probe_size,
+    )
+
+
 def micro_config(model_name: str = "tiny-gpt2", **training) -> dict:
     """2 stages, 2 selectors, 1 seed, a few dozen steps: the whole protocol in well under a minute."""
     stage = {"budget": 64, "pool": {"size": 256}, "eval_size": 32, "ood_size": 8, "probe_size": 32}

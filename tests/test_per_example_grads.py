@@ -22,6 +22,7 @@ from lhas_ray.scoring.features import gradient_features, per_example_grads, sele
 from lhas_ray.scoring.projection import GradientProjector, kron_split
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.tasks import builtin as b
+from tests.helpers import reverse_pool_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -99,19 +100,7 @@ def assert_equal_to_reference(got: dict[str, torch.Tensor], want: list[dict[str,
 @pytest.fixture(scope="module")
 def gpt2():
     model, tok = build_model(ModelConfig(max_length=32), 0)
-    spec = b.SuiteSpec(
-        stage=1,
-        targets=("reverse",),
-        pool_size=40,
-        target_share=0.4,
-        related_share=0.3,
-        noise=0.1,
-        duplicates=0.05,
-        eval_size=1,
-        ood=(),
-        ood_size=1,
-        probe_size=1,
-    )
+    spec = reverse_pool_spec(40, eval_size=1, probe_size=1)
     rows = b.pool(spec, 0, 2, 5).slice(0, 6)
     enc = encode(tok, rows.column("prompt").to_pylist(), rows.column("answer").to_pylist(), 32)
     assert len(set(enc["attention_mask"].sum(1).tolist())) > 1  # variable lengths, so the batch is padded

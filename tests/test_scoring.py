@@ -12,23 +12,12 @@ from lhas_ray.model import build_model, encode, save_pretrained
 from lhas_ray.scoring.features import per_example_grads, select_grad_params
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.tasks import builtin as b
+from tests.helpers import reverse_pool_spec
 
 
 @pytest.fixture(scope="module")
 def pool() -> pa.Table:
-    spec = b.SuiteSpec(
-        stage=1,
-        targets=("reverse",),
-        pool_size=300,
-        target_share=0.4,
-        related_share=0.3,
-        noise=0.1,
-        duplicates=0.05,
-        eval_size=5,
-        ood=(),
-        ood_size=1,
-        probe_size=5,
-    )
+    spec = reverse_pool_spec(300, eval_size=5, probe_size=5)
     return b.pool(spec, 0, 2, 5)
 
 
