@@ -141,7 +141,7 @@ def fit_group(
 
 
 def pool_dataset(pool: pa.Table, num_workers: int, rows_per_block: int = 4096) -> ray.data.Dataset:
-    """A pool as a Ray Dataset of several blocks, so streaming_split can give every worker a share."""
+    """A pool as a materialized Ray Dataset of several blocks, so that every worker gets a share of whole blocks."""
     n_blocks = max(num_workers * 2, -(-pool.num_rows // rows_per_block))
     bounds = np.linspace(0, pool.num_rows, n_blocks + 1).astype(int)
     return ray.data.from_arrow([pool.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])

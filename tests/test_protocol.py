@@ -37,6 +37,12 @@ def test_run_writes_the_output_contract(clean_run):
     assert [(p["rank"], p["world_size"]) for p in placed] == [(0, 2), (1, 2)]
     assert {p["node_id"] for p in placed} == {ray.get_runtime_context().get_node_id()}  # the one node of this session
     assert placed[0]["pid"] != placed[1]["pid"]
+    # a local instance has no preemptible node: Ray Train's preemption watcher (a process per fit) was not started
+    from ray.util.state import list_actors
+
+    started = list_actors(address=ray.get_runtime_context().gcs_address, limit=10000)
+    assert "RayTrainWorker" in {a.class_name for a in started}
+    assert "PreemptionWatcher" not in {a.class_name for a in started}
     store = ResultStore(out)
     assert yaml.safe_load(open(os.path.join(out, "config.yaml"))) == yaml.safe_load(dump_config(cfg))
     metrics = store.read_table("metrics").to_pandas()

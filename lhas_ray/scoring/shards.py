@@ -2,13 +2,16 @@
 
 This is the default path: the workers already hold the current model, so scoring costs no extra start-up. Ray
 Train's default split (``streaming_split(equal=True)``) drops rows to equalise shards; a pool must be scored
-whole, so ``WholePoolDataConfig`` splits with ``equal=False``.
+whole, so ``WholePoolDataConfig`` never drops rows. A pool already in the object store (``from_arrow``) is split by
+its blocks; only a lazily read pool streams, because every ``streaming_split`` starts a coordinator actor (one more
+process per pool and run).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from ray.data.dataset import MaterializedDataset
 from ray.train import DataConfig
 
 from lhas_ray.scoring.score import Scorer, features_table
@@ -18,7 +21,11 @@ ROW_COLUMNS = ["example_id", "skill", "prompt", "answer", "tags"]
 
 
 class WholePoolDataConfig(DataConfig):
-    """Split every dataset across workers without dropping rows (shards may differ by a block)."""
+    """Split every dataset across workers without dropping rows (shards may differ by a block).
+
+    A materialized dataset is split by block references (no actor; a shard can be read again after a worker group
+    restart); a lazy one (``read_parquet``) streams through ``streaming_split`` and its coordinator actor.
+    """
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]
@@ -27,9 +34,13 @@ class WholePoolDataConfig(DataConfig):
             ds = ds.copy(ds)
             if ds.name is None:
                 ds.set_name(name)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
-                output[i][name] = split
+            if isinstance(ds, MaterializedDataset):
+                shards = [part.iterator() for part in ds.split(world_size, equal=False)]
+            else:
+                ds.context.execution_options = self._resolve_execution_options(name)
+                shards = ds.streaming_split(world_size, equal=False, locality_hints=hints)
+            for i, shard in enumerate(shards):
+                output[i][name] = shard
         return output
 
 
