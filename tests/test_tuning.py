@@ -390,6 +390,23 @@ def test_tune_confirms_on_heldout_seeds_and_the_confirm_config_reproduces_it(res
     pd.testing.assert_frame_equal(metrics(rerun), metrics(held.uri))
 
 
+def test_only_a_head_with_an_autoscaler_is_taken_for_one(ray_session):
+    """Every head's monitor writes load metrics; only an autoscaling one adds a report (the local instance's does
+    not, so `lhas-ray tune` there must not warn that an autoscaler's maximum is unknown)."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    from lhas_ray.tuning.capacity import V1_STATUS_KEY, _has_v1_autoscaler, autoscaler_in_status
+
+    local = {"gcs_request_time": 0.001, "time": 1.0, "monitor_pid": 7, "load_metrics_report": {}}
+    assert not autoscaler_in_status(json.dumps(local).encode())
+    assert autoscaler_in_status(json.dumps({**local, "autoscaler_report": {"active_nodes": {}}}).encode())
+    assert not autoscaler_in_status(None) and not autoscaler_in_status(b"not json")
+    deadline = time.time() + 60
+    while not _internal_kv_get(V1_STATUS_KEY) and time.time() < deadline:  # this session's monitor has reported
+        time.sleep(0.5)
+    assert _internal_kv_get(V1_STATUS_KEY) and not _has_v1_autoscaler()
+
+
 def test_an_autoscaling_clusters_size_comes_from_its_ray_up_config(tmp_path):
     """Ray's v1 autoscaler publishes no maximum: the config `ray up` leaves on the head sizes the sweep."""
     from lhas_ray.tuning.capacity import config_max_resources, max_cluster_resources

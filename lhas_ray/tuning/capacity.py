@@ -7,6 +7,7 @@ starts does not, but ``ray up`` leaves the cluster's config on the head at ``~/r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -42,11 +43,20 @@ def _published_maximum() -> dict[str, float] | None:
     return dict(biggest) if biggest else None
 
 
+def autoscaler_in_status(status: bytes | None) -> bool:
+    """Whether the monitor's status (``V1_STATUS_KEY``) comes from an autoscaler: every head runs the monitor and
+    writes load metrics, but only one with an autoscaling config adds an ``autoscaler_report``."""
+    try:
+        return "autoscaler_report" in json.loads(status or b"{}")
+    except (ValueError, TypeError):
+        return False
+
+
 def _has_v1_autoscaler() -> bool:
     try:
         from ray.experimental.internal_kv import _internal_kv_get
 
-        return bool(_internal_kv_get(V1_STATUS_KEY))
+        return autoscaler_in_status(_internal_kv_get(V1_STATUS_KEY))
     except Exception:  # noqa: BLE001
         return False
 

@@ -222,8 +222,7 @@ def _floor_from_baselines(
         runner = functools.partial(run_experiment, verbose=verbose)
     print(f"the baselines first, on the development seeds {cfg.seeds}: they set the immediate floor", flush=True)
     floored, text = with_immediate_floor(cfg, run_baselines(cfg, out, address, runner))
-    print(text, flush=True)
-    log.info(text)
+    log.info(text)  # the console prints it (with its time) and OUT/logs/driver.log keeps it
     return floored
 
 
