@@ -295,6 +295,7 @@ def test_an_immediate_floor_keeps_the_best_trial_within_tolerance_of_the_best_my
     assert result.config.tune.immediate_floor == pytest.approx(0.4)
     t = result.trials.set_index("param_l_u")
     assert (t["status"] == "completed").all()
+    assert {"acc", "forgetting"} <= set(t.columns) and not [c for c in t.columns if c.startswith("lm_eval")]  # off
     # by hand, 2 stages: acc at stage 2 = (R[2,1] + R[2,2]) / 2
     assert t.loc[1.5, "objective"] == pytest.approx((0.9 + 0.2) / 2) and t.loc[0.5, "objective"] == pytest.approx(0.45)
     assert t.loc[1.5, "immediate_score"] == pytest.approx(0.2) and t.loc[0.5, "immediate_score"] == pytest.approx(0.6)

@@ -82,7 +82,9 @@ def _score_row(cfg: ExperimentConfig, out: str, trial_id: str, params: dict, err
     row.update({OBJECTIVE: scores.get(OBJECTIVE, math.nan), IMMEDIATE: scores.get(IMMEDIATE, math.nan)})
     if cfg.tune.immediate_floor is not None:
         row[SCORE] = scores.get(SCORE, math.nan)
-    row.update({m: scores.get(m, math.nan) for m in METRICS})
+    # the lm-eval metrics exist only where evaluation.lm_eval is on: no column of NaN otherwise
+    measured = [m for m in METRICS if cfg.evaluation.lm_eval is not None or not m.startswith("lm_eval_")]
+    row.update({m: scores.get(m, math.nan) for m in measured})
     row.update(
         {
             "status": status,
