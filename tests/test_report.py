@@ -588,3 +588,10 @@ def test_a_tie_everywhere_is_shown_as_no_ranking_and_not_myopic_reads_as_one_cla
     tested = SimpleNamespace(p_holm=0.4, point_myopic=False, myopic=False, baseline="random")
     for row in (untested, tested):
         assert myopia_verdict(row, 0.05) == "not myopic: not both better now and worse later"
+
+
+def test_selectors_tied_at_a_bump_charts_end_share_one_label():
+    from lhas_ray.report.figures import end_labels
+
+    ranks = {"rds": 1.0, "kcenter": 2.5, "random": 2.5, "lhas": 4.0, "less": float("nan")}
+    assert end_labels(ranks) == [(1.0, "rds"), (2.5, "kcenter, random"), (4.0, "lhas")]  # less: unranked, no label

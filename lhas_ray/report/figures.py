@@ -122,17 +122,28 @@ def bump_columns(ranking: Ranking) -> list[tuple[str, int]]:
     return cols
 
 
+def end_labels(ranks: dict[str, float]) -> list[tuple[float, str]]:
+    """One label per rank at a bump chart's end: the selectors that tie there share it ("kcenter, random"), in the
+    order given, so tied names never print over each other. Unranked (NaN) selectors get none."""
+    by_rank: dict[float, list[str]] = {}
+    for sel, rank in ranks.items():
+        if np.isfinite(rank):
+            by_rank.setdefault(float(rank), []).append(sel)
+    return [(rank, ", ".join(names)) for rank, names in sorted(by_rank.items())]
+
+
 def fig_bump(ranking: Ranking, colors: dict[str, tuple]) -> Figure_:
     cols = bump_columns(ranking)
     r = ranking.ranks.set_index(["metric", "stage", "selector"])["rank"]
     fig = Figure(figsize=(max(5.0, 1.3 * len(cols) + 2.5), 0.45 * len(colors) + 2.0))
     ax = fig.subplots()
     n_acc = 1 + sum(1 for m, _ in cols if m == "acc")
+    ys = {sel: [r.get((m, t, sel), np.nan) for m, t in cols] for sel in colors}
     for sel, color in colors.items():
-        y = [r.get((m, t, sel), np.nan) for m, t in cols]
-        ax.plot(range(len(cols)), y, marker="o", color=color, lw=2, label=sel)
-        ax.annotate(sel, (len(cols) - 1, y[-1]), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
-        ax.annotate(sel, (0, y[0]), xytext=(-6, 0), textcoords="offset points", va="center", ha="right", fontsize=8)
+        ax.plot(range(len(cols)), ys[sel], marker="o", color=color, lw=2, label=sel)
+    for x, dx, ha in ((len(cols) - 1, 6, "left"), (0, -6, "right")):
+        for rank, text in end_labels({sel: y[x] for sel, y in ys.items()}):
+            ax.annotate(text, (x, rank), xytext=(dx, 0), textcoords="offset points", va="center", ha=ha, fontsize=8)
     if n_acc < len(cols):
         ax.axvline(n_acc - 0.5, color="0.6", ls=":", lw=1)
     ax.set_xticks(range(len(cols)), [f"{m}@{t}" for m, t in cols], fontsize=8, rotation=20)
