@@ -13,6 +13,51 @@ from lhas_ray.store import ResultStore, Unit
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in protocols run inside Tune trials
 
 
+def tiny_llama(seed: int = 0, vocab_size: int = 40):
+    """SmolLM2's architecture (Llama: nn.Linear projections, RMSNorm, a tied embedding; pad id 0) at test size."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def write_mc_task(folder, docs: list[dict], name: str = "tiny_mc") -> str:
+    """A multiple-choice lm-eval task over a local jsonl (prompt, choices, label), as a user writes one, in its own
+    include_path folder (returned)."""
+    import json
+
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    task = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    return str(folder)
+
+
 def reverse_pool_spec(pool_size: int, stage: int = 1, eval_size: int = 1, probe_size: int = 1):
     """The built-in suite's spec of one 'reverse' stage with the usual shares (40% target, 30% related, 10% noise, 5%
     duplicates) and no OOD sets: the pool the scoring tests and benchmarks draw."""

@@ -8,7 +8,6 @@ The protocol end to end (lm_eval/<task> rows for the base model and every stage)
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ from lhas_ray.config.sections import ModelConfig
 from lhas_ray.evaluation.lm_eval import TorchLM, evaluate_lm_tasks, result_rows, task_manager
 from lhas_ray.evaluation.metrics import trajectory_metrics
 from lhas_ray.model import build_model
+from tests.helpers import write_mc_task
 
 MAX_LEN = 16
 
@@ -110,26 +110,6 @@ def test_generation_is_greedy_and_stops_at_until(tiny):
     assert cut == [got[0].split(stop)[0]]
 
 
-def write_custom_task(folder, docs: list[dict], name: str = "tiny_mc") -> str:
-    """A multiple-choice lm-eval task over a local jsonl (prompt, choices, label), as a user writes one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    task = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_choice": "choices",
-        "doc_to_target": "label",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(task))
-    return str(folder)
-
-
 def test_custom_task_on_a_local_jsonl_writes_lm_eval_rows(tiny, tmp_path):
     """Labels are set from the model's own choice (direct forward passes) on even docs and against it on odd ones, so
     with limit 6 the accuracy is 3/6; lm-eval's choices are scored as ' ' + choice after the prompt."""
@@ -142,7 +122,7 @@ def test_custom_task_on_a_local_jsonl_writes_lm_eval_rows(tiny, tmp_path):
         best = int(np.argmax(ll))
         d["label"] = best if i % 2 == 0 else (best + 1) % 3
         expected.append(best == d["label"])
-    include = write_custom_task(tmp_path / "tasks", docs)
+    include = write_mc_task(tmp_path / "tasks", docs)
     lm_cfg = LMEvalConfig(tasks=["tiny_mc"], include_path=include, include_defaults=False, limit=6, batch_size=4)
     rows = evaluate_lm_tasks(model, tok, lm_cfg, task_manager(lm_cfg), MAX_LEN)
     got = {(r["eval_set"], r["metric"]): r["value"] for r in rows}
@@ -209,7 +189,7 @@ def no_ray(monkeypatch):
 
 
 def _lm_eval(tmp_path, **fields) -> dict:
-    include = write_custom_task(tmp_path / "tasks", [{"prompt": "a=", "choices": ["b", "c"], "label": 0}])
+    include = write_mc_task(tmp_path / "tasks", [{"prompt": "a=", "choices": ["b", "c"], "label": 0}])
     return {"tasks": ["tiny_mc"], "include_path": include, "include_defaults": False, **fields}
 
 

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("peft", reason="LoRA needs peft (pip install peft)")
 
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from lhas_ray.lora import (  # noqa: E402
     apply_lora,
@@ -17,27 +17,12 @@ from lhas_ray.lora import (  # noqa: E402
     save_adapter,
     save_merged,
 )
+from tests.helpers import tiny_llama  # noqa: E402
 
 # peft calls a transformers API that transformers deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 IDS = torch.tensor([[5, 9, 3, 7, 1, 2], [4, 4, 8, 6, 2, 0]])
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer, hidden-32 Llama: SmolLM2's architecture at a size a test can afford."""
-    cfg = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def train_a_little(model: torch.nn.Module, steps: int = 3) -> None:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from lhas_ray.config import ModelConfig
@@ -22,7 +21,7 @@ from lhas_ray.scoring.features import gradient_features, per_example_grads, sele
 from lhas_ray.scoring.projection import GradientProjector, kron_split
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.tasks import builtin as b
-from tests.helpers import reverse_pool_spec
+from tests.helpers import reverse_pool_spec, tiny_llama
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -47,23 +46,6 @@ class TinyLM(torch.nn.Module):
         h = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
         h = h.cumsum(1) / torch.arange(1, h.shape[1] + 1).view(1, -1, 1)
         return SimpleNamespace(logits=self.head(torch.tanh(self.conv(torch.tanh(self.lin(h))))))
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    """SmolLM2's architecture (Llama, nn.Linear projections, tied embedding) at test size."""
-    cfg = LlamaConfig(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def padded_batch(lengths: list[int], answer: list[int], vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from lhas_ray.launch import build_suites, run_experiment
 from lhas_ray.model import load_pretrained, save_pretrained
 from lhas_ray.store import ResultStore
 from lhas_ray.tasks.suite import build_suite
-from tests.helpers import micro_config
+from tests.helpers import micro_config, write_mc_task
 
 pytestmark = pytest.mark.slow
 
@@ -191,22 +191,8 @@ def test_a_folder_holding_another_config_is_refused(clean_run):
 
 def _lm_eval_task(folder, words: tuple[str, ...]) -> str:
     """A multiple-choice lm-eval task (one doc per word, 3 choices) over a local jsonl, in its own include_path."""
-    folder.mkdir()
     docs = [{"prompt": f"rv:{w}=", "choices": [w[::-1], w, "".join(sorted(w))], "label": 0} for w in words]
-    (folder / "tiny_mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    task = {
-        "task": "tiny_mc",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(folder / "tiny_mc.jsonl")}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_choice": "choices",
-        "doc_to_target": "label",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-    (folder / "tiny_mc.yaml").write_text(yaml.safe_dump(task))
-    return str(folder)
+    return write_mc_task(folder, docs)
 
 
 def _tiny_llama(folder: str) -> str:
