@@ -595,3 +595,22 @@ def test_selectors_tied_at_a_bump_charts_end_share_one_label():
 
     ranks = {"rds": 1.0, "kcenter": 2.5, "random": 2.5, "lhas": 4.0, "less": float("nan")}
     assert end_labels(ranks) == [(1.0, "rds"), (2.5, "kcenter, random"), (4.0, "lhas")]  # less: unranked, no label
+
+
+def test_a_trial_below_the_immediate_floor_is_never_the_best_so_far(tmp_path):
+    from lhas_ray.report.figures import best_so_far
+
+    objective = np.array([0.3, 0.5, 0.4, 0.2, 0.6])
+    done = np.array([True, True, True, False, True])
+    constrained = np.array([0.3, 0.5 - 10 * 0.1, 0.4, 0.2, 0.6])  # trial 2: 0.1 below the floor
+    best, below = best_so_far(objective, done, constrained)
+    assert below.tolist() == [False, True, False, False, False]
+    assert best.tolist() == [0.3, 0.3, 0.4, 0.4, 0.6]  # by hand: 0.5 is below the floor, 0.2 was stopped
+    best, below = best_so_far(objective, done)  # no floor
+    assert not below.any() and best.tolist() == [0.3, 0.5, 0.5, 0.5, 0.6]
+    out = str(tmp_path)
+    store = build_synthetic_run(out, selectors=("random", "rds"), seeds=(0,), n_stages=1, probe_steps=2)
+    table = {"trial": [0, 1, 2, 3, 4], "objective": objective, "constrained_objective": constrained}
+    store.write_parquet("trials.parquet", pa.table({**table, "status": ["completed"] * 3 + ["stopped", "completed"]}))
+    page = _page(write_report(out, tensorboard=False))
+    assert "below the sweep&#x27;s immediate floor" in page or "below the sweep's immediate floor" in page

@@ -248,6 +248,17 @@ def _trial_columns(trials: pd.DataFrame) -> tuple[str | None, str | None]:
     return order, objective
 
 
+def best_so_far(
+    objective: np.ndarray, done: np.ndarray, constrained: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best objective among the completed trials so far (-inf before the first), and which trials are below the
+    immediate floor: with a floor, a trial below it has a constrained score under its objective and is never the
+    best trial, however high its objective (``tuning.results.best_trial``)."""
+    y = np.asarray(objective, dtype=float)
+    below = np.zeros(len(y), dtype=bool) if constrained is None else np.asarray(constrained, float) < y - 1e-12
+    return np.fmax.accumulate(np.where(done & ~below & np.isfinite(y), y, -np.inf)), below
+
+
 def fig_trials(trials: pd.DataFrame, importances_table: pd.DataFrame | None = None) -> Figure_ | None:
     """The tuning section: objective over trials, the immediate-vs-objective Pareto front, parameter importances."""
     order, objective = _trial_columns(trials)
@@ -271,10 +282,17 @@ def fig_trials(trials: pd.DataFrame, importances_table: pd.DataFrame | None = No
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "trials":
             x = np.arange(1, len(t) + 1)
-            ax.plot(x[done], y[done], "o", ms=5, color="tab:blue", label="completed")
+            floored = "constrained_objective" in t
+            constrained = (
+                pd.to_numeric(t["constrained_objective"], errors="coerce").to_numpy(float) if floored else None
+            )
+            best, below = best_so_far(y, done, constrained)
+            ok = done & ~below
+            ax.plot(x[ok], y[ok], "o", ms=5, color="tab:blue", label="completed")
+            if (done & below).any():
+                ax.plot(x[done & below], y[done & below], "x", ms=6, color="tab:orange", label="below the floor")
             if (~done).any():
                 ax.plot(x[~done], y[~done], "o", ms=5, mfc="none", color="tab:gray", label="stopped or failed")
-            best = np.fmax.accumulate(np.where(done & np.isfinite(y), y, -np.inf))
             ax.step(
                 x, np.where(np.isfinite(best), best, np.nan), where="post", color="tab:red", lw=1, label="best so far"
             )
@@ -282,7 +300,15 @@ def fig_trials(trials: pd.DataFrame, importances_table: pd.DataFrame | None = No
             ax.set_ylabel(objective, fontsize=8)
             ax.legend(fontsize=7)
             ax.set_title("Objective over trials", fontsize=9)
-            captions.append(f"Objective over trials: column {objective!r} of trials.parquet, best completed so far.")
+            captions.append(
+                f"Objective over trials: column {objective!r} of trials.parquet, best completed so far"
+                + (
+                    "; a completed trial whose immediate score is below the sweep's immediate floor (an orange "
+                    "cross) is never the best, whatever its objective."
+                    if floored
+                    else "."
+                )
+            )
         elif panel == "pareto":
             xs = pd.to_numeric(t[immediate], errors="coerce").to_numpy(dtype=float)[done]
             ys = y[done]

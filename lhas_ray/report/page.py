@@ -114,7 +114,7 @@ def header_facts(run: RunInputs, ranking: Ranking, T: int) -> list[tuple[str, st
             if run.settings.resample == "per_seed"
             else f"one fixed draw for every seed (data.seed = {run.settings.data_seed})",
         ),
-        ("baselines", ", ".join(ranking.baselines) or "none run"),
+        ("myopia tested against", ", ".join(ranking.baselines) or "nothing: no random selector in this report"),
         ("forgetting", run.settings.forgetting),
     ]
     if run.sample:
