@@ -397,14 +397,20 @@ def test_only_a_head_with_an_autoscaler_is_taken_for_one(ray_session):
 
     from lhas_ray.tuning.capacity import V1_STATUS_KEY, _has_v1_autoscaler, autoscaler_in_status
 
-    local = {"gcs_request_time": 0.001, "time": 1.0, "monitor_pid": 7, "load_metrics_report": {}}
-    assert not autoscaler_in_status(json.dumps(local).encode())
-    assert autoscaler_in_status(json.dumps({**local, "autoscaler_report": {"active_nodes": {}}}).encode())
+    def status(mapping: dict | None) -> bytes:
+        base = {"time": 1.0, "monitor_pid": 7, "load_metrics_report": {}}
+        return json.dumps(
+            base if mapping is None else {**base, "autoscaler_report": {"node_type_mapping": mapping}}
+        ).encode()
+
+    assert not autoscaler_in_status(status(None))  # the monitor before its first update
+    assert not autoscaler_in_status(status({"ab12": "node_ab12"}))  # a laptop: Ray's read-only provider
+    assert autoscaler_in_status(status({"ab12": "ray.head.default", "cd34": "cpu_worker"}))  # node types of a config
     assert not autoscaler_in_status(None) and not autoscaler_in_status(b"not json")
     deadline = time.time() + 60
-    while not _internal_kv_get(V1_STATUS_KEY) and time.time() < deadline:  # this session's monitor has reported
-        time.sleep(0.5)
-    assert _internal_kv_get(V1_STATUS_KEY) and not _has_v1_autoscaler()
+    while b"autoscaler_report" not in (_internal_kv_get(V1_STATUS_KEY) or b"") and time.time() < deadline:
+        time.sleep(0.5)  # this session's monitor has run its read-only autoscaler at least once
+    assert b"autoscaler_report" in _internal_kv_get(V1_STATUS_KEY) and not _has_v1_autoscaler()
 
 
 def test_an_autoscaling_clusters_size_comes_from_its_ray_up_config(tmp_path):

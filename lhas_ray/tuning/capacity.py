@@ -44,12 +44,15 @@ def _published_maximum() -> dict[str, float] | None:
 
 
 def autoscaler_in_status(status: bytes | None) -> bool:
-    """Whether the monitor's status (``V1_STATUS_KEY``) comes from an autoscaler: every head runs the monitor and
-    writes load metrics, but only one with an autoscaling config adds an ``autoscaler_report``."""
+    """Whether the monitor's status (``V1_STATUS_KEY``) comes from an autoscaler that can add nodes. Every head runs
+    the monitor, and without an autoscaling config it reports through Ray's read-only provider, whose node types are
+    anonymous (``node_<node id>``); an autoscaling head maps its nodes to the node types of its config."""
     try:
-        return "autoscaler_report" in json.loads(status or b"{}")
-    except (ValueError, TypeError):
+        report = json.loads(status or b"{}").get("autoscaler_report") or {}
+    except (ValueError, TypeError, AttributeError):
         return False
+    mapping = report.get("node_type_mapping") or {}
+    return any(kind != f"node_{node}" for node, kind in mapping.items())
 
 
 def _has_v1_autoscaler() -> bool:
