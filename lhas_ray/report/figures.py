@@ -254,8 +254,10 @@ def best_so_far(
     """The best objective among the completed trials so far (-inf before the first), and which trials are below the
     immediate floor: with a floor, a trial below it has a constrained score under its objective and is never the
     best trial, however high its objective (``tuning.results.best_trial``)."""
+    from lhas_ray.tuning.scores import below_floor  # here: the report need not import Ray Train for one comparison
+
     y = np.asarray(objective, dtype=float)
-    below = np.zeros(len(y), dtype=bool) if constrained is None else np.asarray(constrained, float) < y - 1e-12
+    below = np.zeros(len(y), dtype=bool) if constrained is None else below_floor(y, np.asarray(constrained, float))
     return np.fmax.accumulate(np.where(done & ~below & np.isfinite(y), y, -np.inf)), below
 
 

@@ -114,7 +114,11 @@ def header_facts(run: RunInputs, ranking: Ranking, T: int) -> list[tuple[str, st
             if run.settings.resample == "per_seed"
             else f"one fixed draw for every seed (data.seed = {run.settings.data_seed})",
         ),
-        ("myopia tested against", ", ".join(ranking.baselines) or "nothing: no random selector in this report"),
+        (
+            "myopia tested against",
+            ", ".join(ranking.baselines)
+            or f"nothing: no baseline ({', '.join(run.settings.baselines)}) in this report",
+        ),
         ("forgetting", run.settings.forgetting),
     ]
     if run.sample:

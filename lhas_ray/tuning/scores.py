@@ -38,6 +38,12 @@ def constrained(objective: float, immediate: float, floor: float) -> float:
     return objective - SHORTFALL_PENALTY * max(0.0, floor - immediate)
 
 
+def below_floor(objective, score):
+    """Whether a trial's immediate score fell below the floor, read off its ``constrained_objective``: only a
+    shortfall makes the score smaller than the objective. Scalars or arrays (NaN: not below)."""
+    return score < objective
+
+
 def trial_scores(store: ResultStore, cfg: ExperimentConfig, upto: tuple[int, int] | None = None) -> dict[str, float]:
     """Objectives and metrics at each seed's latest committed stage (mean over seeds), and the stages committed.
 

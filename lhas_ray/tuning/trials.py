@@ -18,6 +18,7 @@ from ray.tune.logger import TBXLoggerCallback
 from lhas_ray.config import ExperimentConfig
 from lhas_ray.store import ResultStore
 from lhas_ray.tuning.capacity import max_cluster_resources
+from lhas_ray.tuning.scores import below_floor
 
 TUNE_DIR = "_tune"
 log = logging.getLogger("lhas_ray.tuning")
@@ -113,7 +114,7 @@ def objective_text(result: dict) -> str:
     objective = result.get("objective", float("nan"))
     text = f"objective {objective:.3f}"
     score = result.get("constrained_objective")
-    if score is not None and score == score and score != objective:
+    if score is not None and below_floor(objective, score):
         text += (
             f" (ranked at {score:.3f}: immediate {result.get('immediate_score', float('nan')):.3f} is below the floor)"
         )
