@@ -62,7 +62,7 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_pretrained(model, tok, os.path.join(tmp, "ckpt"))
+        save_pretrained(model, tok, os.path.join(tmp, "ckpt"))  # the store is tmp, the checkpoint "ckpt" in it
         for n in args.sizes:
             folder = os.path.join(tmp, f"pool{n}")
             os.makedirs(folder)
@@ -74,7 +74,8 @@ def main() -> None:
             ds = ray.data.read_parquet(folder, ray_remote_args={"num_cpus": 0.25})
             got = score_with_actor_pool(
                 ds,
-                ckpt,
+                tmp,
+                "ckpt",
                 cfg,
                 set(args.features),
                 max_length=cfg.max_length,

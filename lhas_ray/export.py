@@ -68,7 +68,13 @@ def selected_examples(req: ExportRequest, cfg: ExperimentConfig) -> pa.Table:
 
     store = ResultStore(req.out)
     picked = store.read_parquet(selection_path(req)).sort_by("order")
-    pool = build_suite(cfg, req.seed).stages[req.stage - 1].pool
+    stage = build_suite(cfg, req.seed).stages[req.stage - 1]
+    if stage.stream is not None:  # a streamed pool: only the picked rows are read into memory
+        from lhas_ray.tasks.streamed import rows_with_ids
+
+        pool = rows_with_ids(stage.stream, picked.column("example_id").to_numpy())
+    else:
+        pool = stage.pool
     at = pc.index_in(picked.column("example_id"), value_set=pool.column("example_id"))
     if at.null_count:
         raise ValueError(

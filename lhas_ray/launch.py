@@ -30,6 +30,7 @@ from lhas_ray.progress import quiet_libraries
 from lhas_ray.protocol import pool_key, trajectory_worker
 from lhas_ray.scoring.shards import WholePoolDataConfig
 from lhas_ray.store import ResultStore, Unit, check_committed
+from lhas_ray.tasks.streamed import streamed_dataset
 from lhas_ray.tasks.suite import Suite, build_suite
 from lhas_ray.tuning.trials import trial_concurrency, trial_resources, tune_callbacks, tune_storage
 
@@ -78,6 +79,25 @@ def init_ray(cfg: ExperimentConfig, address: str | None, verbose: bool = False) 
     return time.perf_counter() - start
 
 
+def scoring_room(cfg: ExperimentConfig, address: str | None) -> None:
+    """A local instance must leave a CPU for a scoring actor beside the training workers (``scoring.mode:
+    actor_pool``), or scoring would wait forever; on a cluster, rank 0 checks the free resources when it scores."""
+    if cfg.scoring.mode != "actor_pool" or address or cfg.ray.address:
+        return
+    import os
+
+    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    group = cfg.training.num_workers * cfg.training.cpus_per_worker
+    training = group * max(1, min(cfg.ray.concurrent_trajectories, int(cpus // group)))
+    if cpus - training < cfg.scoring.cpus_per_actor:
+        raise ValueError(
+            f"scoring.mode: actor_pool needs {cfg.scoring.cpus_per_actor:g} free CPU for a scoring actor, but the "
+            f"training workers take {training:g} of this instance's {cpus} (training.num_workers x cpus_per_worker "
+            "x concurrent groups); set ray.num_cpus higher, lower training.num_workers or scoring.cpus_per_actor, "
+            "or use scoring.mode: workers"
+        )
+
+
 def trajectory_groups(cfg: ExperimentConfig, store: ResultStore) -> list[list[tuple[str, int]]]:
     """Pending (selector, seed) trajectories, dealt round-robin into ``ray.concurrent_trajectories`` groups."""
     last = len(cfg.stages)
@@ -100,14 +120,16 @@ def fit_group(
 ):
     """One TorchTrainer.fit() that runs every trajectory of ``group`` (the unit of Train start-up cost).
 
-    The workers get the suites of the group's seeds (without pools) and, as Ray Datasets, only the pools they use;
-    they write their output to OUT/logs/NAME-rank<r>.log unless ``verbose``.
+    The workers get the suites of the group's seeds (without pools) and, as Ray Datasets, only the pools they use:
+    as Train datasets, sharded over the workers (``scoring.mode: workers``), or whole, for the scoring actor pool
+    rank 0 starts (``actor_pool``). They write their output to OUT/logs/NAME-rank<r>.log unless ``verbose``.
     """
     seeds = sorted({seed for _, seed in group})
     suites = {seed: data.suites[seed] for seed in seeds}
     pools = {k: data.pools[k] for k in sorted({pool_key(cfg, seed, t) for seed in seeds for t in data.stages})}
     store = ResultStore(out)
     local = store.local_path("_ray")
+    actors = cfg.scoring.mode == "actor_pool"
     trainer = TorchTrainer(
         trajectory_worker,
         train_loop_config={
@@ -119,6 +141,7 @@ def fit_group(
             "fit_started": time.time(),
             "name": name,
             "verbose": verbose,
+            "pools": pools if actors else None,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.training.num_workers,
@@ -126,7 +149,7 @@ def fit_group(
             resources_per_worker={"CPU": cfg.training.cpus_per_worker, **({"GPU": 1} if cfg.training.use_gpu else {})},
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.training.use_gpu else "gloo"),
-        datasets=pools,
+        datasets=None if actors else pools,
         dataset_config=WholePoolDataConfig(),
         run_config=RunConfig(
             name=name,
@@ -177,8 +200,11 @@ def run_data(cfg: ExperimentConfig, suites: dict[int, Suite]) -> RunData:
     for seed, suite in suites.items():
         for stage in suite.stages:
             key = pool_key(cfg, seed, stage.index)
-            if key not in pools:
-                pools[key] = pool_dataset(stage.pool, cfg.training.num_workers)
+            if key not in pools:  # a streamed pool stays in its files: lazy, read a batch at a time
+                streamed = stage.stream is not None
+                pools[key] = (
+                    streamed_dataset(stage.stream) if streamed else pool_dataset(stage.pool, cfg.training.num_workers)
+                )
             removed.append((seed, stage.index, int(suite.removed_from_pools.get(stage.index, 0))))
         light[seed] = light_of.setdefault(id(suite), suite.without_pools())
     table = pa.table(
@@ -203,6 +229,7 @@ def run_experiment(
     committed unit (a live bar when ``live``, default: stdout is a terminal)."""
     store = ResultStore(out)
     out = store.uri  # absolute: the Train workers do not share the driver's working directory
+    scoring_room(cfg, address)
     suites = build_suites(cfg)  # bad data settings fail here, before Ray starts
     ensure_same_run(store, cfg)
     check_committed(store, [(s.key, seed) for seed in cfg.seeds for s in cfg.selectors], len(cfg.stages))

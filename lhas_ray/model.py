@@ -73,13 +73,20 @@ def load_pretrained(path: str, cfg: ModelConfig | None = None) -> tuple[torch.nn
     return model, tokenizer
 
 
-def with_adapters(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
-    """Fresh LoRA adapters on the model when ``model.lora`` is set (each stage trains its own); else the model."""
+def with_adapters(model: torch.nn.Module, cfg: ModelConfig, seed: int | None = None) -> torch.nn.Module:
+    """Fresh LoRA adapters on the model when ``model.lora`` is set (each stage trains its own); else the model.
+
+    ``seed`` draws the adapters' initial weights without touching the global RNG, so every process that builds the
+    adapters of one stage (Train ranks, scoring actors) builds the same ones."""
     if cfg.lora is None:
         return model
     from lhas_ray.lora import apply_lora
 
-    return apply_lora(model, **cfg.lora.model_dump())
+    if seed is None:
+        return apply_lora(model, **cfg.lora.model_dump())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return apply_lora(model, **cfg.lora.model_dump())
 
 
 def save_pretrained(model: torch.nn.Module, tokenizer, path: str) -> str:

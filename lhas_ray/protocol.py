@@ -28,7 +28,7 @@ from lhas_ray.progress import Progress, Timer, quiet_libraries, worker_start_sec
 from lhas_ray.schemas import LONG_TABLES, SELECTIONS, conform, rows_table
 from lhas_ray.scoring.features import select_grad_params
 from lhas_ray.scoring.score import Scorer
-from lhas_ray.scoring.shards import score_shard, score_spread
+from lhas_ray.scoring.shards import ROW_COLUMNS, gather_rows, in_order, score_shard, score_spread
 from lhas_ray.selection import SelectionContext, get_selector
 from lhas_ray.store import WORKERS, ResultStore, Unit
 from lhas_ray.tasks.suite import Suite
@@ -67,9 +67,16 @@ class TrajectoryRunner:
     """Runs trajectories inside one Train worker (all ranks together); rank 0 writes to the store."""
 
     def __init__(
-        self, cfg: ExperimentConfig, store: ResultStore, suites: dict[int, Suite], cache_dir: str, progress: Progress
+        self,
+        cfg: ExperimentConfig,
+        store: ResultStore,
+        suites: dict[int, Suite],
+        cache_dir: str,
+        progress: Progress,
+        pools: dict | None = None,
     ):
         self.cfg, self.store, self.suites, self.cache_dir, self.progress = cfg, store, suites, cache_dir, progress
+        self.pools = pools or {}  # scoring.mode actor_pool: the pool datasets by pool_key (workers: Train's shards)
         self.sets = {seed: eval_sets(suite) for seed, suite in suites.items()}
         self.world = ray.train.get_context().get_world_size()
         self.ds_config = deepspeed_config(cfg.training, cfg.model, self.world)
@@ -81,10 +88,10 @@ class TrajectoryRunner:
     def _engine(self, model, lr: float, steps: int):
         return make_engine(model, self.ds_config, lr, self.cfg.training.weight_decay, steps)
 
-    def _load(self, relpath: str, adapters: bool = True):
+    def _load(self, relpath: str, adapters: bool = True, adapter_seed: int | None = None):
         """A store checkpoint as (model, tokenizer), with fresh LoRA adapters when the config asks for them."""
         model, tokenizer = load_checkpoint(self.store, relpath, self.cfg.model, self.cache_dir)
-        return (with_adapters(model, self.cfg.model) if adapters else model), tokenizer
+        return (with_adapters(model, self.cfg.model, adapter_seed) if adapters else model), tokenizer
 
     def _evaluate(self, model, tokenizer, sets: list[EvalSet]) -> list[dict]:
         cfg = self.cfg
@@ -182,20 +189,19 @@ class TrajectoryRunner:
         stage = self.suites[seed].stages[t - 1]
         sel_cfg = cfg.selector(selector_key)
         selector = get_selector(sel_cfg.name, **sel_cfg.params)
-        model, tokenizer = self._load(checkpoint_path(selector_key, seed, t - 1))
+        model, tokenizer = self._load(checkpoint_path(selector_key, seed, t - 1), adapter_seed=adapter_seed(seed, t))
 
-        # 1. score pool t with the current model (this worker's Ray Data shard; all gather)
+        # 1. score pool t with the current model (the Train workers' Ray Data shards, or a Ray Data actor pool)
         with timer("scoring"):
             features, rows, context = self._score(selector, selector_key, model, tokenizer, seed, t)
 
-        # 2. select k_t examples (rank 0), broadcast the ids
+        # 2. select k_t examples (rank 0), broadcast the ids, fetch their rows
         with timer("selection"):
             ids = selector.select(features, stage.budget, context) if rank() == 0 else None
             ids = np.asarray(broadcast_object(ids), dtype=np.int64)
             # each objective term's contribution to J of the selection (LHAS), written beside the selection
             terms = [{"term": k, **v} for k, v in getattr(selector, "terms_", {}).items()] if rank() == 0 else None
-            position = np.searchsorted(rows.column("example_id").to_numpy(), ids)
-            selected = rows.take(pa.array(position))
+            selected = self._selected_rows(rows, ids, seed, t)
 
         # 3. train from checkpoint t-1 to checkpoint t (DeepSpeed), logging the curve on stage t's eval set
         with timer("training"):
@@ -241,10 +247,16 @@ class TrajectoryRunner:
         self._commit(Unit(selector_key, seed, t), metrics, curve, timer.rows(), extra, terms)
 
     def _score(self, selector, selector_key: str, model, tokenizer, seed: int, t: int):
-        """Step 1: the features the selector asks for, the pool rows they belong to, and the selection context."""
+        """Step 1: the features the selector asks for (whole pool), this rank's pool rows (workers mode; None with an
+        actor pool), and the selection context."""
         cfg = self.cfg
         columns = set(selector.requires) | set(getattr(selector, "optional", ()))
-        want = columns - {"skill"}
+        want, keep = columns - {"skill"}, ("skill",) if "skill" in columns else ()
+        adam = selector_key in adam_selectors(cfg)
+        if cfg.scoring.mode == "actor_pool":
+            features = self._score_with_actors(selector_key, want, keep, seed, t, adam) if rank() == 0 else None
+            scorer = Scorer(model.eval(), tokenizer, set(), max_length=cfg.model.max_length)  # for the context
+            return features, None, self._context(selector, scorer, self.suites[seed].stages[t - 1], seed)
         reference = self._load(checkpoint_path("", seed, 0), adapters=False)[0].eval() if "quality" in want else None
         scorer = Scorer(
             model.eval(),
@@ -256,16 +268,64 @@ class TrajectoryRunner:
             projection_seed=seed,
             reference=reference,
             # LESS as its authors define it: pool gradients preconditioned by the previous training's Adam state
-            precondition=load_moments(self.store, checkpoint_path(selector_key, seed, t - 1))
-            if selector_key in adam_selectors(cfg)
-            else None,
+            precondition=load_moments(self.store, checkpoint_path(selector_key, seed, t - 1)) if adam else None,
         )
-        features, rows = score_shard(
-            scorer, ray.train.get_dataset_shard(pool_key(cfg, seed, t)), cfg.scoring.batch_size
-        )
-        if "skill" in columns:
-            features = features.append_column("skill", rows.column("skill"))
+        shard = ray.train.get_dataset_shard(pool_key(cfg, seed, t))
+        features, rows = score_shard(scorer, shard, cfg.scoring.batch_size, keep)
         return features, rows, self._context(selector, scorer, self.suites[seed].stages[t - 1], seed)
+
+    def _score_with_actors(self, selector_key: str, want: set, keep: tuple, seed: int, t: int, adam: bool):
+        """The pool's features from a Ray Data actor pool over the free CPUs/GPUs, each actor building the scorer a
+        worker would: checkpoint t-1, this stage's adapters, the base model for 'quality', LESS's Adam moments."""
+        from lhas_ray.scoring.actor_pool import free_actors, score_with_actor_pool
+
+        cfg, sc = self.cfg, self.cfg.scoring
+        room = free_actors(sc.cpus_per_actor, sc.gpus_per_actor)
+        if room < 1:
+            raise RuntimeError(
+                f"scoring.mode actor_pool: no room for a scoring actor ({sc.cpus_per_actor:g} CPU, "
+                f"{sc.gpus_per_actor:g} GPU each) beside the training workers; free: {ray.available_resources()}. "
+                "Give Ray more CPUs (ray.num_cpus, or a larger cluster), lower scoring.cpus_per_actor, or use "
+                "scoring.mode: workers"
+            )
+        previous = checkpoint_path(selector_key, seed, t - 1)
+        return score_with_actor_pool(
+            self.pools[pool_key(cfg, seed, t)],
+            self.store.uri,
+            previous,
+            cfg.model,
+            want,
+            max_length=cfg.model.max_length,
+            batch_size=sc.batch_size,
+            actors=min(sc.actors or room, room),
+            grad_dim=sc.grad_dim,
+            grad_params=sc.grad_params,
+            projection_seed=seed,
+            adapter_seed=adapter_seed(seed, t),
+            reference=checkpoint_path("", seed, 0) if "quality" in want else None,
+            moments=previous if adam else None,
+            keep=keep,
+            num_cpus_per_actor=sc.cpus_per_actor,
+            num_gpus_per_actor=sc.gpus_per_actor,
+        )
+
+    def _selected_rows(self, rows: pa.Table | None, ids: np.ndarray, seed: int, t: int) -> pa.Table:
+        """The selected pool rows, in selection order, on every rank: gathered from the ranks' shares (workers), or
+        read from the pool dataset by rank 0 and broadcast (actor pool)."""
+        if rows is not None:
+            return gather_rows(rows, ids)
+        found = None
+        if rank() == 0:  # a streamed pool: its files, a batch at a time; in memory: the dataset's blocks
+            from lhas_ray.scoring import actor_pool
+            from lhas_ray.tasks import streamed
+
+            stream = self.suites[seed].stages[t - 1].stream
+            if stream is not None:
+                found = streamed.rows_with_ids(stream, ids)
+            else:
+                found = actor_pool.rows_with_ids(self.pools[pool_key(self.cfg, seed, t)], ids)
+            found = in_order(found, ids).select(ROW_COLUMNS)
+        return broadcast_object(found)
 
     def _context(self, selector, scorer: Scorer, stage, seed: int) -> SelectionContext:
         """Target and future-proxy gradients/embeddings, computed only when the selector asks for them."""
@@ -302,7 +362,7 @@ class TrajectoryRunner:
         """Fine-tune a copy of checkpoint t on stage t+1's probe sample; the trajectory's model is untouched."""
         cfg = self.cfg
         nxt = self.suites[seed].stages[t]
-        model, tokenizer = self._load(checkpoint_path(selector_key, seed, t))
+        model, tokenizer = self._load(checkpoint_path(selector_key, seed, t), adapter_seed=adapter_seed(seed, t) + 500)
         engine = self._engine(model.train(), cfg.probe.lr, cfg.probe.steps)
         target = EvalSet(f"eval/stage{t + 1}", nxt.eval, t + 1)
         rows = train_steps(
@@ -338,6 +398,11 @@ class TrajectoryRunner:
                 self.stage_unit(selector_key, seed, t, fixed_costs)
             fixed_costs = {}  # start-up costs go to the first unit this run commits (stage 0, or where it resumes)
             self.progress.done_units += 1
+
+
+def adapter_seed(seed: int, t: int) -> int:
+    """The seed of stage t's fresh LoRA adapters in trajectory ``seed`` (the same on every rank and scoring actor)."""
+    return seed * 1000 + t
 
 
 def _matrix(table: pa.Table, column: str) -> np.ndarray:
@@ -378,7 +443,7 @@ def trajectory_worker(config: dict) -> None:
     record_worker(store, name)
     with worker_output(logs, name), tempfile.TemporaryDirectory(prefix="lhas-ckpt-") as cache:
         n_units = len(config["trajectories"]) * (len(cfg.stages) + 1)
-        runner = TrajectoryRunner(cfg, store, config["suites"], cache, Progress(n_units))
+        runner = TrajectoryRunner(cfg, store, config["suites"], cache, Progress(n_units), config.get("pools"))
         for selector_key, seed in config["trajectories"]:
             runner.trajectory(selector_key, seed, fixed)
             fixed = {}

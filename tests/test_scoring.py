@@ -123,10 +123,18 @@ def test_actor_pool_scores_every_row_like_the_in_process_scorer(ray_session, poo
     from lhas_ray.scoring.actor_pool import score_with_actor_pool
 
     model, tok = model_and_tok
-    ckpt = save_pretrained(model, tok, str(tmp_path / "ckpt"))
+    save_pretrained(model, tok, str(tmp_path / "checkpoints" / "ckpt"))  # a store folder and a path inside it
     ds = ray.data.from_arrow([pool.slice(i, 50) for i in range(0, 300, 50)])
     got = score_with_actor_pool(
-        ds, ckpt, ModelConfig(max_length=32), {"loss"}, max_length=32, batch_size=64, actors=1, num_cpus_per_actor=0.5
+        ds,
+        str(tmp_path),
+        "checkpoints/ckpt",
+        ModelConfig(max_length=32),
+        {"loss"},
+        max_length=32,
+        batch_size=64,
+        actors=1,
+        num_cpus_per_actor=0.5,
     )
     want = Scorer(model, tok, {"loss"}, max_length=32).score_batches([pool])
     assert got.column("example_id").equals(want.column("example_id"))

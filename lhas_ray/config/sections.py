@@ -119,7 +119,19 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _budget_fits(self) -> StageConfig:
-        if self.budget > self.pool.size:
+        streamed = self.hf is not None and self.hf.pool.stream
+        # a config written back (model_dump) names the default size, so only another value is a conflict
+        if streamed and self.pool.size != PoolConfig.model_fields["size"].default:
+            raise ValueError(
+                "pool.size samples a pool in memory; a streamed pool (hf.pool.stream: true) is every usable row of "
+                "its files: drop pool.size, or set stream: false"
+            )
+        if self.hf is not None:
+            sets = {"eval": self.hf.eval, **{f"ood.{k}": v for k, v in self.hf.ood.items()}}
+            sets.update({f"general.{k}": v for k, v in self.hf.general.items()})
+            if bad := [name for name, spec in sets.items() if spec.stream]:
+                raise ValueError(f"hf.{bad[0]}.stream: only a pool streams; held-out sets are small and load whole")
+        if not streamed and self.budget > self.pool.size:
             raise ValueError(f"budget ({self.budget}) is larger than the pool (pool.size = {self.pool.size})")
         for kind in ("text", "hf"):
             if (self.source == kind) != (getattr(self, kind) is not None):
@@ -217,11 +229,20 @@ class ProbeConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    """How candidate pools are scored with the current model: the Train workers score their Ray Data shards.
+    """How candidate pools are scored with the current model: by the Train workers, each its Ray Data shard
+    ('workers'), or by a Ray Data actor pool over the cluster's free CPUs/GPUs ('actor_pool'), for pools far larger
+    than the training group scores quickly."""
 
-    (``lhas_ray.scoring.actor_pool`` scores with a separate Ray Data actor pool instead, for pools far larger than
-    the training group scores quickly; the protocol does not use it yet.)
-    """
+    mode: Literal["workers", "actor_pool"] = Field(
+        "workers",
+        description="'workers': the training workers score their shards (no extra start-up); 'actor_pool': Ray Data "
+        "map_batches actors, each loading the current checkpoint, over the CPUs/GPUs training leaves free.",
+    )
+    actors: int | None = Field(
+        None, ge=1, description="actor_pool: most scoring actors (None: as many as the free CPUs or GPUs hold)."
+    )
+    cpus_per_actor: float = Field(1, gt=0, description="actor_pool: CPUs each scoring actor reserves.")
+    gpus_per_actor: float = Field(0, ge=0, description="actor_pool: GPUs each scoring actor reserves (0: CPU only).")
 
     batch_size: int = Field(256, ge=1, description="Examples per scoring batch.")
     grad_dim: int = Field(64, ge=1, description="Dimension of the random projection of per-example gradients.")

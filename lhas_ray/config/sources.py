@@ -53,11 +53,23 @@ class HFSourceConfig(BaseModel):
     max_chars: int | None = Field(None, ge=1, description="Cut answers/texts to this many characters; None keeps all.")
     label: str | None = Field(None, description="Name of this source in tags and errors; defaults to path.")
     cache_dir: str | None = Field(None, description="datasets cache folder; None uses HF_DATASETS_CACHE.")
+    stream: bool = Field(
+        False,
+        description="Pools only, parquet files only: read the files batch by batch through Ray Data instead of "
+        "loading them into the driver; the pool is every usable row of the files (pool.size does not apply).",
+    )
 
     @model_validator(mode="after")
     def _local_files(self) -> HFSourceConfig:
         if self.path in LOCAL_BUILDERS and not self.data_files:
             raise ValueError(f"path {self.path!r} reads local files: give data_files (a path, glob or list)")
+        if self.stream and (self.path != "parquet" or isinstance(self.data_files, dict)):
+            raise ValueError(
+                f"stream: true reads parquet files (path: parquet, data_files: a path, glob or list); {self.path!r} "
+                "with these data_files cannot stream: convert the data to parquet, or set stream: false"
+            )
+        if self.stream and self.split != "train":
+            raise ValueError(f"stream: true reads every row of the files; drop split {self.split!r} (slicing)")
         return self
 
     @property

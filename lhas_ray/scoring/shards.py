@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from ray.data.dataset import MaterializedDataset
 from ray.train import DataConfig
 
@@ -44,19 +45,38 @@ class WholePoolDataConfig(DataConfig):
         return output
 
 
-def score_shard(scorer: Scorer, shard, batch_size: int) -> tuple[pa.Table, pa.Table]:
-    """Score this worker's shard; return (features, rows) of the whole pool on every rank, sorted by example_id.
-
-    ``rows`` keeps the example text so the selected examples can be trained on without a second pass.
-    """
+def score_shard(scorer: Scorer, shard, batch_size: int, keep: tuple[str, ...] = ()) -> tuple[pa.Table, pa.Table]:
+    """Score this worker's shard: (features of the whole pool on every rank, sorted by example_id, with the pool
+    columns ``keep`` beside them; this rank's own rows, kept for ``gather_rows``). Only features travel between
+    ranks, so a rank holds its share of the pool's text, never the whole pool's."""
     feats, rows = [], []
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
         feats.append(scorer.score(batch))
         rows.append(batch.select(ROW_COLUMNS))
-    gathered = all_gather_objects((feats, rows))
+    mine = pa.concat_tables(rows, promote_options="default") if rows else None
+    gathered = all_gather_objects((feats, mine.select(["example_id", *keep]) if mine is not None else None))
     features = features_table([f for part, _ in gathered for f in part])
-    pool_rows = pa.concat_tables([r for _, part in gathered for r in part], promote_options="default")
-    return features, pool_rows.sort_by("example_id")
+    if keep:
+        kept = pa.concat_tables([t for _, t in gathered if t is not None]).sort_by("example_id")
+        for name in keep:
+            features = features.append_column(name, kept.column(name))
+    return features, mine if mine is not None else pa.table({c: [] for c in ROW_COLUMNS})
+
+
+def gather_rows(mine: pa.Table, ids: np.ndarray) -> pa.Table:
+    """The pool rows of ``ids`` in the order of ``ids``, on every rank, each rank giving those of its own share."""
+    ids = np.asarray(ids, dtype=np.int64)
+    have = mine.filter(pc.is_in(mine.column("example_id"), value_set=pa.array(ids))) if mine.num_rows else None
+    parts = [t for t in all_gather_objects(have) if t is not None and t.num_rows]
+    return in_order(pa.concat_tables(parts, promote_options="default") if parts else mine.slice(0, 0), ids)
+
+
+def in_order(rows: pa.Table, ids: np.ndarray) -> pa.Table:
+    """``rows`` (holding every id of ``ids``) in the order of ``ids``."""
+    position = pc.index_in(pa.array(np.asarray(ids, dtype=np.int64)), value_set=rows.column("example_id"))
+    if position.null_count:
+        raise RuntimeError(f"{position.null_count} selected ids are not in the pool")
+    return rows.take(position)
 
 
 def score_spread(scorer: Scorer, table: pa.Table, batch_size: int) -> pa.Table:

@@ -62,38 +62,16 @@ def _text_column(table: pa.Table, column: str, where: str) -> pa.ChunkedArray:
     return pc.cast(col, pa.string())
 
 
-def load_hf_examples(
-    spec: HFSourceConfig | Mapping[str, Any],
-    *,
-    stage: int,
-    split: str,
-    start_id: int,
-    n: int | None = None,
-    seed: int = 0,
-    clip: bool = False,
-) -> pa.Table:
-    """Examples in EXAMPLE_SCHEMA from a dataset spec: all rows, or n sampled with ``seed``; ids from start_id.
+def usable_rows(table: pa.Table, spec: HFSourceConfig) -> pa.Table:
+    """The rows with something to learn: answer/text neither null nor empty."""
+    answer = _text_column(table, spec.columns.answer or spec.columns.text, f"hf source {spec.source!r}")
+    return table.filter(pc.and_(pc.is_valid(answer), pc.greater(pc.utf8_length(pc.fill_null(answer, "")), 0)))
 
-    Rows whose answer/text is null or empty are dropped first (nothing to learn from them); a null prompt is empty.
-    ``clip``: n is an upper bound (all usable rows when there are fewer), not an error.
-    """
-    spec = HFSourceConfig.model_validate(spec) if isinstance(spec, Mapping) else spec
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+
+def to_examples(table: pa.Table, spec: HFSourceConfig, *, stage: int, split: str, start_id: int) -> pa.Table:
+    """Usable rows (``usable_rows``) in EXAMPLE_SCHEMA, ids start_id, start_id + 1, ... in row order."""
     where = f"hf source {spec.source!r}"
-    table = load_hf_table(spec)
-    cols = spec.columns
-    answer = _text_column(table, cols.answer or cols.text, where)
-    keep = pc.and_(pc.is_valid(answer), pc.greater(pc.utf8_length(pc.fill_null(answer, "")), 0))
-    table = table.filter(keep)
-    if n is not None and clip:
-        n = min(n, table.num_rows)
-    if n is not None and n > table.num_rows:
-        raise ValueError(f"{where}: asked for {n} examples, but it has {table.num_rows} usable rows")
-    if n is not None:
-        rows = np.sort(np.random.default_rng([seed, stage]).choice(table.num_rows, size=n, replace=False))
-        table = table.take(pa.array(rows, pa.int64()))
-    count = table.num_rows
+    cols, count = spec.columns, table.num_rows
     answer = _text_column(table, cols.answer or cols.text, where)
     if spec.max_chars is not None:
         answer = pc.utf8_slice_codeunits(answer, 0, spec.max_chars)
@@ -119,3 +97,32 @@ def load_hf_examples(
         }
     )
     return validate_examples(out, where).cast(EXAMPLE_SCHEMA)
+
+
+def load_hf_examples(
+    spec: HFSourceConfig | Mapping[str, Any],
+    *,
+    stage: int,
+    split: str,
+    start_id: int,
+    n: int | None = None,
+    seed: int = 0,
+    clip: bool = False,
+) -> pa.Table:
+    """Examples in EXAMPLE_SCHEMA from a dataset spec: all rows, or n sampled with ``seed``; ids from start_id.
+
+    Rows whose answer/text is null or empty are dropped first (nothing to learn from them); a null prompt is empty.
+    ``clip``: n is an upper bound (all usable rows when there are fewer), not an error.
+    """
+    spec = HFSourceConfig.model_validate(spec) if isinstance(spec, Mapping) else spec
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    table = usable_rows(load_hf_table(spec), spec)
+    if n is not None and clip:
+        n = min(n, table.num_rows)
+    if n is not None and n > table.num_rows:
+        raise ValueError(f"hf source {spec.source!r}: asked for {n} examples, but it has {table.num_rows} usable rows")
+    if n is not None:
+        rows = np.sort(np.random.default_rng([seed, stage]).choice(table.num_rows, size=n, replace=False))
+        table = table.take(pa.array(rows, pa.int64()))
+    return to_examples(table, spec, stage=stage, split=split, start_id=start_id)

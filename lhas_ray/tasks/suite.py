@@ -21,6 +21,7 @@ from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, drop_leaks
 
 if TYPE_CHECKING:
     from lhas_ray.config import ExperimentConfig
+    from lhas_ray.tasks.streamed import StreamedPool
 
 logger = logging.getLogger("lhas_ray.tasks")
 
@@ -37,6 +38,21 @@ class StageSets:
     eval: pa.Table
     ood: dict[str, pa.Table] = field(default_factory=dict)
     probe: pa.Table | None = None
+    stream: StreamedPool | None = None  # hf.pool.stream: the pool stays in its files and ``pool`` is empty
+
+    @property
+    def pool_rows(self) -> int:
+        """Candidate pool size N_t, in memory or streamed."""
+        return self.stream.rows if self.stream is not None else self.pool.num_rows
+
+    def pool_sample(self, n: int, seed: int, salt: int) -> pa.Table:
+        """n pool rows drawn with (seed, salt): the same rows whether the pool is in memory or streamed."""
+        positions = np.sort(np.random.default_rng([seed, salt, 4242]).choice(self.pool_rows, size=n, replace=False))
+        if self.stream is not None:
+            from lhas_ray.tasks.streamed import rows_at
+
+            return rows_at(self.stream, positions)
+        return self.pool.take(pa.array(positions, pa.int64()))
 
 
 PROXIES = ("replay", "broad")
@@ -134,8 +150,8 @@ def build_suite(cfg: ExperimentConfig, seed: int | None = None) -> Suite:
     if first_builtin:
         warmup, proxy = drawn.warmup, drawn.proxy
     else:  # real data: warm-up and future proxy are samples of the first pool, known before any stage runs
-        warmup = _sample(stages[0].pool, min(warm.size, stages[0].pool.num_rows), data_seed, 0)
-        proxy = _sample(stages[0].pool, min(512, stages[0].pool.num_rows), data_seed, 1)
+        warmup = stages[0].pool_sample(min(warm.size, stages[0].pool_rows), data_seed, 0)
+        proxy = stages[0].pool_sample(min(512, stages[0].pool_rows), data_seed, 1)
     return Suite(warmup=warmup, proxy=proxy, stages=stages, general=general, removed_from_pools=removed)
 
 
@@ -148,7 +164,13 @@ def _clean_pools(cfg: ExperimentConfig, stages: list[StageSets], general: pa.Tab
         if st.source == "builtin":
             removed[s.index] = 0
             continue
-        s.pool, removed[s.index] = drop_leaks(s.pool, heldout)
+        if st.source == "hf" and st.hf.pool.stream:  # one batch-by-batch pass over the files
+            from lhas_ray.tasks.streamed import scan_pool
+
+            s.stream = scan_pool(st.hf.pool, s.index, _ids(s.index, "pool"), heldout)
+            removed[s.index] = s.stream.removed
+        else:
+            s.pool, removed[s.index] = drop_leaks(s.pool, heldout)
         if removed[s.index]:
             logger.warning(
                 "stage %d (%s): removed %d pool rows that repeat a held-out row (eval/probe/OOD/general, up to case "
@@ -156,14 +178,14 @@ def _clean_pools(cfg: ExperimentConfig, stages: list[StageSets], general: pa.Tab
                 s.index,
                 s.name,
                 removed[s.index],
-                s.pool.num_rows,
+                s.pool_rows,
             )
         else:
             logger.info("stage %d (%s): no pool row repeats a held-out row", s.index, s.name)
-        if s.budget > s.pool.num_rows:
+        if s.budget > s.pool_rows:
             raise ValueError(
                 f"stage {s.name!r}: removing {removed[s.index]} pool rows that repeat held-out rows leaves "
-                f"{s.pool.num_rows}, fewer than the budget ({s.budget}); lower the budget or use a larger pool"
+                f"{s.pool_rows}, fewer than the budget ({s.budget}); lower the budget or use a larger pool"
             )
     return removed
 
@@ -304,7 +326,10 @@ def _text_stage(t: int, st, seed: int, probe: pa.Table, avoid: np.ndarray) -> St
 def _hf_stage(t: int, st, seed: int) -> StageSets:
     from lhas_ray.tasks.hf import load_hf_examples
 
-    pool = load_hf_examples(st.hf.pool, stage=t, split="pool", start_id=_ids(t, "pool"), n=st.pool.size, seed=seed)
+    if st.hf.pool.stream:  # read in _clean_pools, once the held-out rows it must avoid are known
+        pool = EXAMPLE_SCHEMA.empty_table()
+    else:
+        pool = load_hf_examples(st.hf.pool, stage=t, split="pool", start_id=_ids(t, "pool"), n=st.pool.size, seed=seed)
     # one draw from the eval source, cut in two, so the probe sample never shares a row with the eval set
     held = load_hf_examples(
         st.hf.eval, stage=t, split="eval", start_id=_ids(t, "eval"), n=st.eval_size + st.probe_size, seed=seed
