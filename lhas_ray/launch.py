@@ -148,7 +148,9 @@ def fit_group(
             use_gpu=cfg.training.use_gpu,
             resources_per_worker={"CPU": cfg.training.cpus_per_worker, **({"GPU": 1} if cfg.training.use_gpu else {})},
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.training.use_gpu else "gloo"),
+        torch_config=TorchConfig(
+            backend="nccl" if cfg.training.use_gpu else "gloo", timeout_s=cfg.training.collective_timeout_s
+        ),
         datasets=None if actors else pools,
         dataset_config=WholePoolDataConfig(),
         run_config=RunConfig(

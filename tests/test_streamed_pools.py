@@ -121,12 +121,11 @@ def test_an_actor_pool_with_no_free_cpu_is_refused_before_ray_starts(tmp_path):
 @pytest.mark.slow
 def test_actor_pool_on_a_streamed_pool_selects_what_workers_select_in_memory(ray_session, hf_model_dir, tmp_path):
     """The same stage run twice: in memory, scored by 2 Train workers; streamed, scored by a Ray Data actor pool beside
-    1 Train worker. Stage 1 scores the base model in both, so features and selections must agree, for a loss, a
-    gradient (less) and a skill-reading selector (lhas with skill clusters and its context gradients)."""
+    1 Train worker. Stage 1 scores the base model in both, so features and selections must agree, for a gradient
+    selector (less) and one that reads losses, embeddings, gradients and skills (lhas with skill clusters)."""
     from lhas_ray.launch import run_experiment
 
     selectors = [
-        {"name": "loss_high"},
         {"name": "less"},
         {"name": "lhas", "params": {"clusters": "skill", "l_a": 0.5, "knn": 8}},
     ]
@@ -139,7 +138,7 @@ def test_actor_pool_on_a_streamed_pool_selects_what_workers_select_in_memory(ray
         run_experiment(config_from_dict(raw), runs[name])
     pool = build_suite(config_from_dict(stage_config(hf_model_dir, tmp_path / "d", stream=False))).stages[0].pool
     pool = pool.to_pandas().set_index("example_id")
-    for sel in ("loss_high", "less", "lhas"):
+    for sel in ("less", "lhas"):
         got = {k: pq.read_table(f"{v}/selections/{sel}/s0/stage1.parquet").to_pandas() for k, v in runs.items()}
         assert list(got["actors"].example_id) == list(got["mem"].example_id), sel
         assert len(set(got["mem"].example_id)) == 32

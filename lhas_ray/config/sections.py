@@ -205,6 +205,12 @@ class TrainingConfig(_Strict):
         description="Times Ray Train restarts a run's workers after one dies; the rerun resumes at the last committed "
         "stage.",
     )
+    collective_timeout_s: int = Field(
+        1800,
+        ge=60,
+        description="Seconds a rank waits in a collective (gloo/NCCL; Ray Train's TorchConfig.timeout_s): the other "
+        "ranks wait this long while rank 0 selects, or scores with scoring.mode actor_pool; raise it for huge pools.",
+    )
     warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="The warm-up that makes the base model.")
 
     @model_validator(mode="after")
