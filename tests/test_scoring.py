@@ -175,3 +175,41 @@ def test_context_scored_in_shares_equals_one_process(pool, model_and_tok, tmp_pa
         np.testing.assert_allclose(got.column("loss").to_numpy(), whole.column("loss").to_numpy(), rtol=1e-4)
         grads = np.stack(got.column("grad").to_numpy(zero_copy_only=False))
         np.testing.assert_allclose(grads, np.stack(whole.column("grad").to_numpy(zero_copy_only=False)), atol=1e-4)
+
+
+def test_actor_pool_builds_the_stages_seeded_adapters_as_a_worker_does(ray_session, pool, tmp_path):
+    """With LoRA, gradient features are the adapters' gradients, so they depend on the adapters' initial weights: a
+    scoring actor must draw the same ones as the Train worker (``with_adapters`` with the stage's seed)."""
+    pytest.importorskip("peft", reason="LoRA needs peft (pip install peft)")
+    import ray
+
+    from lhas_ray.model import load_pretrained, with_adapters
+    from lhas_ray.scoring.actor_pool import score_with_actor_pool
+
+    cfg = ModelConfig(max_length=32, lora={"r": 4, "alpha": 8})
+    model, tok = build_model(cfg, 0)
+    save_pretrained(model, tok, str(tmp_path / "checkpoints" / "ckpt"))
+    rows = pool.slice(0, 40)
+
+    def in_process(seed: int) -> np.ndarray:
+        rng_before = torch.get_rng_state()
+        adapted = with_adapters(load_pretrained(str(tmp_path / "checkpoints" / "ckpt"), cfg)[0], cfg, seed=seed)
+        assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is left as it was
+        return Scorer(adapted.eval(), tok, {"grad"}, max_length=32, grad_dim=16).score(rows)["grad"]
+
+    got = score_with_actor_pool(
+        ray.data.from_arrow([rows]),
+        str(tmp_path),
+        "checkpoints/ckpt",
+        cfg,
+        {"grad"},
+        max_length=32,
+        batch_size=64,
+        actors=1,
+        grad_dim=16,
+        adapter_seed=7,
+        num_cpus_per_actor=0.5,
+    )
+    grads = np.stack(got.column("grad").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(grads, in_process(7), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(in_process(8), in_process(7), atol=1e-3)  # another seed, other adapters, other features
