@@ -120,8 +120,8 @@ def test_an_actor_pool_with_no_free_cpu_is_refused_before_ray_starts(tmp_path):
 
 @pytest.mark.slow
 def test_actor_pool_on_a_streamed_pool_selects_what_workers_select_in_memory(ray_session, hf_model_dir, tmp_path):
-    """The same stage run twice: in memory, scored by 2 Train workers; streamed, scored by a Ray Data actor pool beside
-    1 Train worker. Stage 1 scores the base model in both, so features and selections must agree, for a gradient
+    """The same stage run three ways: in memory, scored by 2 Train workers; streamed, scored by a Ray Data actor pool
+    beside 1 Train worker; streamed, scored by 2 Train workers (lhas only). Stage 1 scores the base model in both, so features and selections must agree, for a gradient
     selector (less) and one that reads losses, embeddings, gradients and skills (lhas with skill clusters)."""
     from lhas_ray.launch import run_experiment
 
@@ -130,21 +130,27 @@ def test_actor_pool_on_a_streamed_pool_selects_what_workers_select_in_memory(ray
         {"name": "lhas", "params": {"clusters": "skill", "l_a": 0.5, "knn": 8}},
     ]
     runs = {}
-    for name, stream, scoring, workers in (("mem", False, {}, 2), ("actors", True, {"mode": "actor_pool"}, 1)):
+    plans = (
+        ("mem", False, {}, 2, selectors),
+        ("actors", True, {"mode": "actor_pool"}, 1, selectors),
+        # the workers' streaming_split of the streamed pool, its reads beside 2 workers that hold both CPUs
+        ("streamed_shards", True, {}, 2, selectors[1:]),
+    )
+    for name, stream, scoring, workers, chosen in plans:
         raw = stage_config(hf_model_dir, tmp_path / "d", stream=stream, **scoring)
         raw["training"]["num_workers"] = workers
-        raw["selectors"] = selectors
+        raw["selectors"] = chosen
         runs[name] = str(tmp_path / name)
         run_experiment(config_from_dict(raw), runs[name])
     pool = build_suite(config_from_dict(stage_config(hf_model_dir, tmp_path / "d", stream=False))).stages[0].pool
     pool = pool.to_pandas().set_index("example_id")
     for sel in ("less", "lhas"):
-        got = {k: pq.read_table(f"{v}/selections/{sel}/s0/stage1.parquet").to_pandas() for k, v in runs.items()}
+        got = {k: pq.read_table(f"{runs[k]}/selections/{sel}/s0/stage1.parquet").to_pandas() for k in ("mem", "actors")}
         assert list(got["actors"].example_id) == list(got["mem"].example_id), sel
         assert len(set(got["mem"].example_id)) == 32
         for run in ("mem", "actors"):  # the rows themselves: gathered from 2 ranks' shares, or read by id
             assert list(got[run].skill) == list(pool.loc[got[run].example_id].skill), (sel, run)
-        feats = {k: pq.read_table(f"{v}/features/{sel}/s0/stage1.parquet") for k, v in runs.items()}
+        feats = {k: pq.read_table(f"{runs[k]}/features/{sel}/s0/stage1.parquet") for k in ("mem", "actors")}
         assert feats["actors"].num_rows == USABLE - 2 and feats["actors"].column_names == feats["mem"].column_names
         for col in feats["mem"].column_names:
             a, b = (np.asarray(feats[k].column(col).to_pylist()) for k in ("mem", "actors"))
@@ -152,6 +158,10 @@ def test_actor_pool_on_a_streamed_pool_selects_what_workers_select_in_memory(ray
                 np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=f"{sel} {col}")
             else:
                 assert list(a) == list(b), (sel, col)
+    rel = "selections/lhas/s0/stage1.parquet"
+    shards = pq.read_table(f"{runs['streamed_shards']}/{rel}").to_pandas()
+    assert list(shards.example_id) == list(pq.read_table(f"{runs['mem']}/{rel}").column("example_id").to_pylist())
+    assert list(shards.skill) == list(pool.loc[shards.example_id].skill)
     from lhas_ray.export import ExportRequest, export_selection
 
     folder = export_selection(ExportRequest(runs["actors"], "lhas", 0, 1, str(tmp_path / "x"), "parquet"))

@@ -147,6 +147,8 @@ def streamed_dataset(pool: StreamedPool):
     import ray.data
 
     items = [{"path": p, "first_id": f} for p, f in zip(pool.files, pool.first_ids, strict=True)]
+    # reading is I/O, and the Train workers that consume it hold their CPUs: a read task reserving a CPU would wait
+    # forever where training takes every CPU (2 workers on 2 cores), so it reserves none
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_file, batch_size=1, batch_format="pyarrow", fn_kwargs={"pool": pool}
+        _read_file, batch_size=1, batch_format="pyarrow", fn_kwargs={"pool": pool}, num_cpus=0
     )
