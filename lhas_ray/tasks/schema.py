@@ -53,11 +53,21 @@ def text_hashes(table: pa.Table) -> np.ndarray:
     return pd.util.hash_array(np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
 
 
+def heldout_hashes(heldout: list[pa.Table | None]) -> np.ndarray:
+    """The distinct ``text_hashes`` of every held-out row (uint64; empty when there is none)."""
+    held = [text_hashes(t) for t in heldout if t is not None and t.num_rows]
+    return np.unique(np.concatenate(held)) if held else np.array([], dtype=np.uint64)
+
+
+def repeats(table: pa.Table, hashes: np.ndarray) -> np.ndarray:
+    """Which rows of ``table`` repeat a held-out row (their hash is in ``hashes``), as a boolean mask."""
+    if not hashes.size or not table.num_rows:
+        return np.zeros(table.num_rows, dtype=bool)
+    return np.isin(text_hashes(table), hashes)
+
+
 def drop_leaks(pool: pa.Table, heldout: list[pa.Table]) -> tuple[pa.Table, int]:
     """The pool without the rows whose normalised prompt + answer hash equals a held-out row's, and how many went."""
-    held = [text_hashes(t) for t in heldout if t is not None and t.num_rows]
-    if not held or pool.num_rows == 0:
-        return pool, 0
-    leak = np.isin(text_hashes(pool), np.concatenate(held))
+    leak = repeats(pool, heldout_hashes(heldout))
     n = int(leak.sum())
     return (pool.filter(pa.array(~leak)) if n else pool), n

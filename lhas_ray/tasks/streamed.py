@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from lhas_ray.config.sources import HFSourceConfig
 from lhas_ray.tasks.hf import to_examples, usable_rows
-from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, text_hashes
+from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, heldout_hashes, repeats
 
 BATCH_ROWS = 65_536  # rows read at a time: bounds the reader's memory, whatever the file's row groups
 
@@ -35,7 +35,7 @@ class StreamedPool:
     stage: int
     files: tuple[str, ...]
     first_ids: tuple[int, ...]  # example_id of each file's first usable row
-    heldout: np.ndarray  # uint64 hashes of the held-out rows (text_hashes); pool rows with these are dropped
+    heldout: np.ndarray  # uint64 hashes of the held-out rows (heldout_hashes); pool rows with these are dropped
     rows: int  # rows kept
     removed: int  # usable rows dropped for repeating a held-out row
 
@@ -87,25 +87,19 @@ def file_examples(spec: HFSourceConfig, stage: int, path: str, first_id: int, he
     for rows in file_batches(spec, path):
         examples = to_examples(rows, spec, stage=stage, split="pool", start_id=next_id)
         next_id += rows.num_rows
-        if heldout.size and examples.num_rows:
-            examples = examples.filter(pa.array(~np.isin(text_hashes(examples), heldout)))
-        yield examples
+        yield examples.filter(pa.array(~repeats(examples, heldout)))
 
 
 def scan_pool(spec: HFSourceConfig, stage: int, start_id: int, heldout: list[pa.Table]) -> StreamedPool:
     """One pass over the files in the driver, a batch at a time: usable rows per file and held-out repeats."""
-    held = [text_hashes(t) for t in heldout if t is not None and t.num_rows]
-    hashes = np.unique(np.concatenate(held)) if held else np.array([], dtype=np.uint64)
+    hashes = heldout_hashes(heldout)
     files = parquet_files(spec)
     first_ids, kept, removed, next_id = [], 0, 0, start_id
     for path in files:
         first_ids.append(next_id)
         for rows in file_batches(spec, path):
             next_id += rows.num_rows
-            leak = 0
-            if hashes.size and rows.num_rows:
-                examples = to_examples(rows, spec, stage=stage, split="pool", start_id=0)
-                leak = int(np.isin(text_hashes(examples), hashes).sum())
+            leak = int(repeats(to_examples(rows, spec, stage=stage, split="pool", start_id=0), hashes).sum())
             kept += rows.num_rows - leak
             removed += leak
     return StreamedPool(spec, stage, tuple(files), tuple(first_ids), hashes, kept, removed)
