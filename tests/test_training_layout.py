@@ -62,3 +62,63 @@ def test_default_layout_is_zero0_and_trains_as_zero2_does(tmp_path):
     assert len(z0) == len(z2) == STEPS
     np.testing.assert_allclose(z2, z0, rtol=2e-4)
     assert z0[-1] < z0[0] - 0.1, z0
+
+
+class _StubEngine:
+    """What ``train_steps`` calls on a DeepSpeed engine; its loss at the n-th call is 10 * rank + n, known in advance."""
+
+    def __init__(self, rank: int):
+        self.rank, self.calls, self.device = rank, 0, torch.device("cpu")
+
+    def __call__(self, **batch):
+        self.calls += 1
+        return type("Out", (), {"loss": torch.tensor(float(10 * self.rank + self.calls))})()
+
+    def backward(self, loss):
+        pass
+
+    def step(self):
+        pass
+
+    def train(self):
+        pass
+
+
+def _curve(rank: int, init_file: str, out: str) -> None:
+    """One of two gloo ranks running ``train_steps`` on the stub engine; rank 0 saves the curve rows."""
+    import torch.distributed as dist
+
+    from lhas_ray.model import build_model
+    from lhas_ray.training.stage import train_steps
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    _, tok = build_model(ModelConfig(n_layer=1, n_embd=32, n_head=2, max_length=24), 0)
+    import pyarrow as pa
+
+    examples = pa.table({"prompt": ["ab", "cd", "ef", "gh"], "answer": ["ba", "dc", "fe", "hg"]})
+    evals = iter(range(100))
+    rows = train_steps(
+        _StubEngine(rank), tok, examples, steps=7, micro_batch=2, max_length=24, seed=0, eval_every=3,
+        evaluate=lambda: {"accuracy": float(next(evals))},
+    )  # fmt: skip
+    if rank == 0:
+        torch.save(rows, f"{out}/curve.pt")
+    dist.destroy_process_group()
+
+
+def test_train_loss_rows_are_the_mean_over_ranks_at_every_step_in_step_order(tmp_path):
+    """Step n's train loss is the mean of rank 0's n and rank 1's 10 + n, i.e. n + 5, whether the losses are reduced per
+    step or per eval interval; eval rows come at step 0, every 3 steps and at the end, each after its step's loss."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_curve, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    rows = torch.load(tmp_path / "curve.pt")
+    got = [(r["step"], r["split"], r["value"]) for r in rows]
+    train = lambda n: (n, "train", n + 5.0)  # noqa: E731
+    assert got == [
+        (0, "eval", 0.0),
+        *map(train, (1, 2, 3)), (3, "eval", 1.0),
+        *map(train, (4, 5, 6)), (6, "eval", 2.0),
+        train(7), (7, "eval", 3.0),
+    ]  # fmt: skip

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import torch
 import torch.distributed as dist
 
 from lhas_ray.model import encode
@@ -36,7 +37,8 @@ def train_steps(
     of each global batch; ``TrainingConfig.micro_batch`` says how large).
 
     Returns learning-curve rows (step, split, metric, value): the mean train loss over ranks at every step, and
-    ``evaluate()``'s metrics at step 0, every ``eval_every`` steps and at the end.
+    ``evaluate()``'s metrics at step 0, every ``eval_every`` steps and at the end. Losses stay on the device and are
+    averaged over ranks once per eval interval, not with a collective (and a GPU sync) at every step.
     """
     r, w = rank(), world_size()
     micro = micro_batch
@@ -50,6 +52,22 @@ def train_steps(
         if evaluate is not None:
             rows.extend({"step": step, "split": "eval", "metric": k, "value": v} for k, v in evaluate().items())
 
+    losses = torch.zeros(steps, dtype=torch.float32, device=device)
+    logged = 0
+
+    def log_losses(upto: int) -> None:
+        """The mean over ranks of steps [logged, upto): one all-reduce per eval interval, not one per step."""
+        nonlocal logged
+        chunk = losses[logged:upto].clone()
+        if w > 1:
+            dist.all_reduce(chunk)
+            chunk /= w
+        rows.extend(
+            {"step": logged + i + 1, "split": "train", "metric": "loss", "value": v}
+            for i, v in enumerate(chunk.tolist())
+        )
+        logged = upto
+
     log_eval(0)
     engine.train()
     for step in range(steps):
@@ -58,12 +76,9 @@ def train_steps(
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
-        mean = loss.detach().float().clone()
-        if w > 1:
-            dist.all_reduce(mean)
-            mean /= w
-        rows.append({"step": step + 1, "split": "train", "metric": "loss", "value": float(mean)})
+        losses[step] = loss.detach().float()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
+            log_losses(step + 1)
             log_eval(step + 1)
             engine.train()
     return rows
