@@ -4,7 +4,7 @@ Both sides run one config (built here and checked with ``config_from_dict``): th
 3 stages, pools of 2,000, budgets of 400, ``--steps`` a stage (x ``--scale``), a 1,000-step warm-up, 60-step probes,
 2 selectors, 1 seed, no OOD sets. The plain side is written here: one process, ``torch`` threads = the machine's
 cores, no Ray, DeepSpeed, subprocess or parquet store; it reuses the product's pure functions (the suite, the model
-factory, ``encode``, the ``Scorer``, the selectors, the batch order and LR schedule, ``evaluate_sets``), so what
+factory, ``tokenize`` and ``pad_tokens`` (rows tokenised once per stage, as in the product), the ``Scorer``, the selectors, the batch order and LR schedule, ``evaluate_sets``), so what
 differs is orchestration: Ray and Train start-up, Ray Data shards, DeepSpeed engines, checkpoints through the store.
 The Ray side is ``lhas-ray run --no-report`` as a subprocess on a YAML written here (process start-up counts, as for
 a user), timed by wall clock; its per-phase seconds come from the run's own ``timings.parquet``.
@@ -44,7 +44,7 @@ import lhas_ray  # noqa: E402, F401  (sets RAY_TRAIN_V2_ENABLED, as every entry 
 from lhas_ray.config import ExperimentConfig, config_from_dict, dump_config  # noqa: E402
 from lhas_ray.evaluation.accuracy import EvalSet, evaluate_sets  # noqa: E402
 from lhas_ray.evaluation.metrics import mean_accuracy_matrices  # noqa: E402
-from lhas_ray.model import build_model, encode, with_adapters  # noqa: E402
+from lhas_ray.model import build_model, pad_tokens, tokenize, with_adapters  # noqa: E402
 from lhas_ray.progress import Timer  # noqa: E402
 from lhas_ray.scoring.score import Scorer  # noqa: E402
 from lhas_ray.selection import SelectionContext, get_selector  # noqa: E402
@@ -72,8 +72,11 @@ TARGETS = {1: 1.5, 10: 1.2}  # issue 14: the ratio at the base size, and with st
 # --- the config --------------------------------------------------------------------------------------------
 
 
-def bench_config(steps: int, selectors: list[str], quick: bool) -> ExperimentConfig:
-    """The issue-14 config (``--quick``: pools, sets, warm-up and probes shrunk for a correctness check)."""
+def bench_config(
+    steps: int, selectors: list[str], quick: bool, workers: int = 2, cpus_per_worker: float = 1
+) -> ExperimentConfig:
+    """The issue-14 config (``--quick``: pools, sets, warm-up and probes shrunk for a correctness check); ``workers``
+    x ``cpus_per_worker`` is the Train layout of the lhas-ray side (the plain side is one process either way)."""
     pool = {"size": 200 if quick else 2000, "target_share": 0.3, "related_share": 0.4, "noise": 0.1}
     sizes = {"eval_size": 32, "probe_size": 32} if quick else {}
     stage = {"budget": 64 if quick else 400, "pool": pool, "ood": [], **sizes}
@@ -88,7 +91,8 @@ def bench_config(steps: int, selectors: list[str], quick: bool) -> ExperimentCon
             "steps": steps,
             "lr": 3e-3,
             "batch_size": 32,
-            "num_workers": 2,
+            "num_workers": workers,
+            "cpus_per_worker": cpus_per_worker,
             "eval_every": 10 if quick else 25,
             "warmup": {"steps": 20 if quick else 1000, "size": 200 if quick else 2000, "lr": 3e-3},
         },
@@ -129,12 +133,14 @@ def train_loop(model, tok, examples: pa.Table, cfg: ExperimentConfig, *, steps, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps))
     prompts, answers = column(examples, "prompt"), column(examples, "answer")
     order = batch_indices(examples.num_rows, cfg.training.batch_size, steps, seed)
+    p_ids, a_ids = tokenize(tok, prompts, answers)  # once per stage, as the product's train_steps does
     losses = []
     if evaluate is not None:
         evaluate()
     model.train()
     for step, idx in enumerate(order, start=1):
-        loss = model(**encode(tok, prompts[idx], answers[idx], cfg.model.max_length)).loss
+        tokens = ([p_ids[i] for i in idx], [a_ids[i] for i in idx])
+        loss = model(**pad_tokens(tokens, tok.pad_token_id, cfg.model.max_length)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.training.grad_clip)
         opt.step()
@@ -345,16 +351,19 @@ def main() -> None:
     p.add_argument("--out", default="outputs/bench_e2e", help="a fresh run-<time> folder is made under it")
     p.add_argument("--report", action="store_true", help="let lhas-ray run write its report (plain writes none)")
     p.add_argument("--threads", type=int, default=cores(), help="torch threads of the plain side (default: cores)")
+    p.add_argument("--workers", type=int, default=2, help="Train workers of the lhas-ray side")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs (and torch threads) per Train worker")
     p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
     args = p.parse_args()
-    cfg = bench_config(args.steps * args.scale, args.selectors, args.quick)
+    cfg = bench_config(args.steps * args.scale, args.selectors, args.quick, args.workers, args.cpus_per_worker)
     folder = Path(args.out).resolve() / time.strftime("run-%Y%m%d-%H%M%S")
     folder.mkdir(parents=True)
     print(
         f"bench_e2e: {len(cfg.selectors)} selectors x {len(cfg.seeds)} seed x {len(cfg.stages)} stages, "
         f"{cfg.training.steps} steps a stage, warm-up {cfg.training.warmup.steps}, probes {cfg.probe.steps}; "
-        f"{cores()} cores, plain on {args.threads} threads; output {folder}",
+        f"{cores()} cores, plain on {args.threads} threads, lhas-ray on {cfg.training.num_workers} Train workers x "
+        f"{cfg.training.cpus_per_worker:g} CPUs; output {folder}",
         flush=True,
     )
     loads, results = [load_line("before")], {}

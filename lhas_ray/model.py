@@ -104,9 +104,22 @@ def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int) -
 
     Accuracy and loss are on the answer only: the prompt conditions, the answer is what is learnt.
     """
+    return pad_tokens(tokenize(tokenizer, prompts, answers), tokenizer.pad_token_id, max_length)
+
+
+def tokenize(tokenizer, prompts: list[str], answers: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """The ragged token ids of each prompt and of each answer + EOS: what ``pad_tokens`` turns into a batch."""
     eos = tokenizer.eos_token or ""
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     a_ids = tokenizer([a + eos for a in answers], add_special_tokens=False)["input_ids"]
+    return p_ids, a_ids
+
+
+def pad_tokens(
+    tokens: tuple[list[list[int]], list[list[int]]], pad_id: int, max_length: int
+) -> dict[str, torch.Tensor]:
+    """``tokenize``'s ids as one right-padded batch as wide as its longest row (at most ``max_length``)."""
+    p_ids, a_ids = tokens
     p_len = np.fromiter(map(len, p_ids), dtype=np.int64, count=len(p_ids))
     a_len = np.fromiter(map(len, a_ids), dtype=np.int64, count=len(a_ids))
     seq_len = p_len + a_len
@@ -117,7 +130,7 @@ def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int) -
     keep = col < max_length
     lengths = np.minimum(seq_len, max_length)
     width = max(int(lengths.max()) if len(lengths) else 1, 1)
-    ids = np.full((len(seq_len), width), tokenizer.pad_token_id, dtype=np.int64)
+    ids = np.full((len(seq_len), width), pad_id, dtype=np.int64)
     labels = np.full((len(seq_len), width), -100, dtype=np.int64)
     ids[row[keep], col[keep]] = flat[keep]
     is_answer = keep & (col >= p_len[row])

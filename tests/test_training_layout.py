@@ -65,13 +65,15 @@ def test_default_layout_is_zero0_and_trains_as_zero2_does(tmp_path):
 
 
 class _StubEngine:
-    """What ``train_steps`` calls on a DeepSpeed engine; its loss at the n-th call is 10 * rank + n, known in advance."""
+    """What ``train_steps`` calls on a DeepSpeed engine; its loss at the n-th call is 10 * rank + n, known in advance;
+    it keeps the batches it was given."""
 
     def __init__(self, rank: int):
-        self.rank, self.calls, self.device = rank, 0, torch.device("cpu")
+        self.rank, self.calls, self.device, self.batches = rank, 0, torch.device("cpu"), []
 
     def __call__(self, **batch):
         self.calls += 1
+        self.batches.append(batch)
         return type("Out", (), {"loss": torch.tensor(float(10 * self.rank + self.calls))})()
 
     def backward(self, loss):
@@ -122,3 +124,34 @@ def test_train_loss_rows_are_the_mean_over_ranks_at_every_step_in_step_order(tmp
         *map(train, (4, 5, 6)), (6, "eval", 2.0),
         train(7), (7, "eval", 3.0),
     ]  # fmt: skip
+
+
+def test_each_step_trains_on_encode_of_its_rows_tokenised_once(monkeypatch):
+    """Rows are tokenised once per stage; every step's batch still equals ``encode`` of that step's rows (the batch
+    order of ``batch_indices``), truncated rows and rows seen in several steps included."""
+    import pyarrow as pa
+
+    from lhas_ray.model import build_model, encode
+    from lhas_ray.training import stage
+    from lhas_ray.training.stage import batch_indices, train_steps
+
+    _, tok = build_model(ModelConfig(n_layer=1, n_embd=32, n_head=2, max_length=12), 0)
+    rng = np.random.default_rng(0)
+    prompts = ["".join(rng.choice(list("abcdef"), rng.integers(1, 9))) for _ in range(10)]
+    answers = [p[::-1] for p in prompts]  # up to 8 + 8 + EOS tokens: some rows exceed max_length 12
+    calls = []
+    real = stage.tokenize
+    monkeypatch.setattr(stage, "tokenize", lambda *a: calls.append(len(a[1])) or real(*a))
+    engine = _StubEngine(0)
+    table = pa.table({"prompt": prompts, "answer": answers})
+    train_steps(engine, tok, table, steps=6, micro_batch=4, max_length=12, seed=3, eval_every=100)
+    order = batch_indices(10, 4, 6, 3)
+    assert calls == [len(np.unique(order))]  # one tokeniser call, for the rows the steps use
+    seen = engine.batches
+    assert len(seen) == 6
+    for step, batch in enumerate(seen):
+        want = encode(tok, np.array(prompts)[order[step]], np.array(answers)[order[step]], 12)
+        assert batch.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(batch[key], want[key], rtol=0, atol=0)
+    assert max(b["input_ids"].shape[1] for b in seen) == 12  # truncation was exercised

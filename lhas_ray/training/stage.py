@@ -9,7 +9,7 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from lhas_ray.model import encode
+from lhas_ray.model import pad_tokens, tokenize
 from lhas_ray.training.dist import rank, world_size
 
 
@@ -45,6 +45,11 @@ def train_steps(
     prompts = np.asarray(examples.column("prompt").to_numpy(zero_copy_only=False))
     answers = np.asarray(examples.column("answer").to_numpy(zero_copy_only=False))
     order = batch_indices(examples.num_rows, micro * w, steps, seed)
+    # tokenise the rows this rank will use once, not once per step they appear in
+    mine = order[:, r * micro : (r + 1) * micro]
+    used = np.unique(mine)
+    p_ids, a_ids = tokenize(tokenizer, prompts[used], answers[used])
+    where = np.searchsorted(used, mine)
     device = engine.device
     rows: list[dict] = []
 
@@ -71,8 +76,8 @@ def train_steps(
     log_eval(0)
     engine.train()
     for step in range(steps):
-        idx = order[step, r * micro : (r + 1) * micro]
-        batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[idx], answers[idx], max_length).items()}
+        tokens = ([p_ids[i] for i in where[step]], [a_ids[i] for i in where[step]])
+        batch = {k: v.to(device) for k, v in pad_tokens(tokens, tokenizer.pad_token_id, max_length).items()}
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
