@@ -73,7 +73,7 @@ TARGETS = {1: 1.5, 10: 1.2}  # issue 14: the ratio at the base size, and with st
 
 
 def bench_config(
-    steps: int, selectors: list[str], quick: bool, workers: int = 2, cpus_per_worker: float = 1
+    steps: int, selectors: list[str], quick: bool, workers: int = 1, cpus_per_worker: float = 2
 ) -> ExperimentConfig:
     """The issue-14 config (``--quick``: pools, sets, warm-up and probes shrunk for a correctness check); ``workers``
     x ``cpus_per_worker`` is the Train layout of the lhas-ray side (the plain side is one process either way)."""
@@ -351,8 +351,12 @@ def main() -> None:
     p.add_argument("--out", default="outputs/bench_e2e", help="a fresh run-<time> folder is made under it")
     p.add_argument("--report", action="store_true", help="let lhas-ray run write its report (plain writes none)")
     p.add_argument("--threads", type=int, default=cores(), help="torch threads of the plain side (default: cores)")
-    p.add_argument("--workers", type=int, default=2, help="Train workers of the lhas-ray side")
-    p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs (and torch threads) per Train worker")
+    p.add_argument(
+        "--workers", type=int, default=1, help="Train workers of the lhas-ray side (default 1: measured fastest here)"
+    )
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=cores(), help="CPUs (torch threads) per Train worker (default: cores)"
+    )
     p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
     args = p.parse_args()
