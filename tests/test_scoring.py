@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import tempfile
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -125,6 +129,8 @@ def test_actor_pool_scores_every_row_like_the_in_process_scorer(ray_session, poo
     model, tok = model_and_tok
     save_pretrained(model, tok, str(tmp_path / "checkpoints" / "ckpt"))  # a store folder and a path inside it
     ds = ray.data.from_arrow([pool.slice(i, 50) for i in range(0, 300, 50)])
+    caches = os.path.join(tempfile.gettempdir(), "lhas-scoring-*")  # the actors' temp dir is this process's
+    before = set(glob.glob(caches))
     got = score_with_actor_pool(
         ds,
         str(tmp_path),
@@ -139,6 +145,7 @@ def test_actor_pool_scores_every_row_like_the_in_process_scorer(ray_session, poo
     want = Scorer(model, tok, {"loss"}, max_length=32).score_batches([pool])
     assert got.column("example_id").equals(want.column("example_id"))
     np.testing.assert_allclose(got.column("loss").to_numpy(), want.column("loss").to_numpy(), rtol=1e-5)
+    assert set(glob.glob(caches)) == before  # the actor's checkpoint cache is gone once the checkpoint is loaded
 
 
 def _score_spread_on_rank(rank: int, world: int, init_file: str, pool: pa.Table, model_dir: str, out: str) -> None:

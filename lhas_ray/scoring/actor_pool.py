@@ -45,11 +45,12 @@ class PoolScorer:
         device: str = "cpu",
     ):
         cfg, results = ModelConfig.model_validate(model_cfg), ResultStore(store)
-        cache = tempfile.mkdtemp(prefix="lhas-scoring-")
-        model, tokenizer = load_checkpoint(results, checkpoint, cfg, cache)
+        # a remote store's checkpoints are copied here, loaded, and removed: an actor per stage must not leave a copy
+        with tempfile.TemporaryDirectory(prefix="lhas-scoring-") as cache:
+            model, tokenizer = load_checkpoint(results, checkpoint, cfg, cache)
+            ref = load_checkpoint(results, reference, cfg, cache)[0].to(device).eval() if reference else None
         if adapter_seed is not None:
             model = with_adapters(model, cfg, seed=adapter_seed)
-        ref = load_checkpoint(results, reference, cfg, cache)[0].to(device).eval() if reference else None
         self.keep = list(keep)
         self.scorer = Scorer(
             model.to(device).eval(),
