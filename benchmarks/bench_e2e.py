@@ -133,14 +133,13 @@ def train_loop(model, tok, examples: pa.Table, cfg: ExperimentConfig, *, steps, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps))
     prompts, answers = column(examples, "prompt"), column(examples, "answer")
     order = batch_indices(examples.num_rows, cfg.training.batch_size, steps, seed)
-    p_ids, a_ids = tokenize(tok, prompts, answers)  # once per stage, as the product's train_steps does
+    tokens = tokenize(tok, prompts, answers)  # once per stage, as the product's train_steps does
     losses = []
     if evaluate is not None:
         evaluate()
     model.train()
     for step, idx in enumerate(order, start=1):
-        tokens = ([p_ids[i] for i in idx], [a_ids[i] for i in idx])
-        loss = model(**pad_tokens(tokens, tok.pad_token_id, cfg.model.max_length)).loss
+        loss = model(**pad_tokens(tokens, idx, tok.pad_token_id, cfg.model.max_length)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.training.grad_clip)
         opt.step()

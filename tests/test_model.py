@@ -82,3 +82,21 @@ def test_token_accuracy_is_the_share_of_answer_tokens_predicted():
         expected = (pred[i][mask] == target[i][mask]).float().mean().item()
         assert stats["token_acc"][i] == pytest.approx(expected)
         assert stats["correct"][i] == (expected == 1.0)
+
+
+def test_pad_tokens_picks_rows_of_flat_ids_by_hand():
+    """Rows 2, 0, 2 of three hand-made rows, max_length 4: prompt then answer, truncated, padded with 9, labels only on
+    the answer, in the order asked (row 2 twice)."""
+    from lhas_ray.model import Tokens, pad_tokens
+
+    # row 0: prompt [1, 2], answer [3]; row 1: prompt [4], answer [5, 6]; row 2: prompt [7, 8, 10], answer [11, 12]
+    tokens = Tokens(
+        np.array([1, 2, 4, 7, 8, 10], np.int32), np.array([2, 1, 3]), np.array([3, 5, 6, 11, 12], np.int32),
+        np.array([1, 2, 2]),
+    )  # fmt: skip
+    got = pad_tokens(tokens, np.array([2, 0, 2]), pad_id=9, max_length=4)
+    assert got["input_ids"].tolist() == [[7, 8, 10, 11], [1, 2, 3, 9], [7, 8, 10, 11]]
+    assert got["labels"].tolist() == [[-100, -100, -100, 11], [-100, -100, 3, -100], [-100, -100, -100, 11]]
+    assert got["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]]
+    narrow = pad_tokens(tokens, np.array([1]), pad_id=9, max_length=4)  # as wide as its longest row
+    assert narrow["input_ids"].tolist() == [[4, 5, 6]] and narrow["labels"].tolist() == [[-100, 5, 6]]

@@ -48,7 +48,7 @@ def train_steps(
     # tokenise the rows this rank will use once, not once per step they appear in
     mine = order[:, r * micro : (r + 1) * micro]
     used = np.unique(mine)
-    p_ids, a_ids = tokenize(tokenizer, prompts[used], answers[used])
+    tokens = tokenize(tokenizer, prompts[used], answers[used])
     where = np.searchsorted(used, mine)
     device = engine.device
     rows: list[dict] = []
@@ -76,8 +76,9 @@ def train_steps(
     log_eval(0)
     engine.train()
     for step in range(steps):
-        tokens = ([p_ids[i] for i in where[step]], [a_ids[i] for i in where[step]])
-        batch = {k: v.to(device) for k, v in pad_tokens(tokens, tokenizer.pad_token_id, max_length).items()}
+        batch = {
+            k: v.to(device) for k, v in pad_tokens(tokens, where[step], tokenizer.pad_token_id, max_length).items()
+        }
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
