@@ -109,7 +109,14 @@ CASES = [
     ("unknown-key", "demo", "run", _set("training.lrr", 0.1), "training.lrr", "unknown key"),
     ("budget-over-pool", "demo", "run", _set("stages.0.budget", 10**6), "stages.0", "larger than the pool"),
     ("unknown-skill", "demo", "run", _set("stages.0.targets", ["flying"]), "stages.0.targets", "built-in skills"),
-    ("batch-vs-workers", "demo", "run", _set("training.batch_size", 33), "training", "multiple of num_workers"),
+    (
+        "batch-vs-workers",
+        "demo",
+        "run",
+        _set("training", {**DEMO["training"], "num_workers": 2, "batch_size": 33}),
+        "training",
+        "multiple of num_workers",
+    ),
     ("no-model-folder", "demo", "run", _set("model.name", "/no/such/model"), "model.name", "no such folder"),
     ("not-a-hub-id", "demo", "run", _set("model.name", "a/b/c"), "model.name", "nor a Hub id"),
     (

@@ -45,7 +45,7 @@ def test_dotted_overrides_reach_nested_fields_and_list_items():
         (["stages.0.targets=[flying]"], "stages.0.targets", "built-in skills"),
         (["stages.0.pool.target_share=0.9"], "stages.0.pool", "exceeds 1"),
         (["seeds=[1, 1]"], "seeds", "distinct"),
-        (["training.batch_size=33"], "training", "multiple of num_workers"),
+        (["training.num_workers=2", "training.batch_size=33"], "training", "multiple of num_workers"),
     ],
 )
 def test_invalid_values_name_the_field(overrides, field, allowed):
