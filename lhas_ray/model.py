@@ -105,18 +105,19 @@ def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int) -
 
     Accuracy and loss are on the answer only: the prompt conditions, the answer is what is learnt.
     """
-    tokens = tokenize(tokenizer, prompts, answers)
-    return pad_tokens(tokens, np.arange(len(tokens.prompt_len)), tokenizer.pad_token_id, max_length)
+    return pad_tokens(
+        tokenize(tokenizer, prompts, answers), np.arange(len(prompts)), tokenizer.pad_token_id, max_length
+    )
 
 
 class Tokens(NamedTuple):
-    """Ragged token ids of prompts and of answers + EOS, flat (int32) with a length per row: a few bytes a token
-    where the tokeniser's lists of Python ints take about forty."""
+    """Ragged token ids of prompts and of answers + EOS, flat (int32); row i's are ``[off[i], off[i + 1])``: a few bytes
+    a token where the tokeniser's lists of Python ints take about forty."""
 
     prompt: np.ndarray
-    prompt_len: np.ndarray
+    prompt_off: np.ndarray
     answer: np.ndarray
-    answer_len: np.ndarray
+    answer_off: np.ndarray
 
 
 def tokenize(tokenizer, prompts: list[str], answers: list[str]) -> Tokens:
@@ -124,35 +125,34 @@ def tokenize(tokenizer, prompts: list[str], answers: list[str]) -> Tokens:
     eos = tokenizer.eos_token or ""
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     a_ids = tokenizer([a + eos for a in answers], add_special_tokens=False)["input_ids"]
-    p_len = np.fromiter(map(len, p_ids), dtype=np.int64, count=len(p_ids))
-    a_len = np.fromiter(map(len, a_ids), dtype=np.int64, count=len(a_ids))
-    p_flat = np.fromiter(chain.from_iterable(p_ids), dtype=np.int32, count=int(p_len.sum()))
-    a_flat = np.fromiter(chain.from_iterable(a_ids), dtype=np.int32, count=int(a_len.sum()))
-    return Tokens(p_flat, p_len, a_flat, a_len)
+    p_off = np.concatenate([[0], np.cumsum(np.fromiter(map(len, p_ids), dtype=np.int64, count=len(p_ids)))])
+    a_off = np.concatenate([[0], np.cumsum(np.fromiter(map(len, a_ids), dtype=np.int64, count=len(a_ids)))])
+    p_flat = np.fromiter(chain.from_iterable(p_ids), dtype=np.int32, count=int(p_off[-1]))
+    a_flat = np.fromiter(chain.from_iterable(a_ids), dtype=np.int32, count=int(a_off[-1]))
+    return Tokens(p_flat, p_off, a_flat, a_off)
 
 
-def _ragged_rows(flat: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+def _ragged_rows(flat: np.ndarray, off: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
     """The tokens of ``rows`` (in that order) with, for each, its batch row and its position in the row."""
-    n = lengths[rows]
+    n = off[rows + 1] - off[rows]
     batch_row = np.repeat(np.arange(len(rows)), n)
     col = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-    starts = np.cumsum(lengths) - lengths
-    return flat[np.repeat(starts[rows], n) + col].astype(np.int64), batch_row, col
+    return flat[np.repeat(off[rows], n) + col].astype(np.int64), batch_row, col
 
 
 def pad_tokens(tokens: Tokens, rows: np.ndarray, pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
     """A right-padded batch of ``rows`` of ``tokens``, as wide as its longest row (at most ``max_length``)."""
     rows = np.asarray(rows, dtype=np.int64)
-    p_len = tokens.prompt_len[rows]
-    lengths = np.minimum(p_len + tokens.answer_len[rows], max_length)
+    p_len = tokens.prompt_off[rows + 1] - tokens.prompt_off[rows]
+    lengths = np.minimum(p_len + tokens.answer_off[rows + 1] - tokens.answer_off[rows], max_length)
     width = max(int(lengths.max()) if len(lengths) else 1, 1)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     labels = np.full((len(rows), width), -100, dtype=np.int64)
     # scatter the ragged token lists into the padded matrix without a loop over rows
-    p_tok, p_row, p_col = _ragged_rows(tokens.prompt, tokens.prompt_len, rows)
+    p_tok, p_row, p_col = _ragged_rows(tokens.prompt, tokens.prompt_off, rows)
     keep = p_col < max_length
     ids[p_row[keep], p_col[keep]] = p_tok[keep]
-    a_tok, a_row, a_col = _ragged_rows(tokens.answer, tokens.answer_len, rows)
+    a_tok, a_row, a_col = _ragged_rows(tokens.answer, tokens.answer_off, rows)
     a_col = a_col + p_len[a_row]  # an answer follows its prompt
     keep = a_col < max_length
     ids[a_row[keep], a_col[keep]] = labels[a_row[keep], a_col[keep]] = a_tok[keep]

@@ -91,8 +91,8 @@ def test_pad_tokens_picks_rows_of_flat_ids_by_hand():
 
     # row 0: prompt [1, 2], answer [3]; row 1: prompt [4], answer [5, 6]; row 2: prompt [7, 8, 10], answer [11, 12]
     tokens = Tokens(
-        np.array([1, 2, 4, 7, 8, 10], np.int32), np.array([2, 1, 3]), np.array([3, 5, 6, 11, 12], np.int32),
-        np.array([1, 2, 2]),
+        np.array([1, 2, 4, 7, 8, 10], np.int32), np.array([0, 2, 3, 6]), np.array([3, 5, 6, 11, 12], np.int32),
+        np.array([0, 1, 3, 5]),
     )  # fmt: skip
     got = pad_tokens(tokens, np.array([2, 0, 2]), pad_id=9, max_length=4)
     assert got["input_ids"].tolist() == [[7, 8, 10, 11], [1, 2, 3, 9], [7, 8, 10, 11]]
