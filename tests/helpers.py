@@ -3,14 +3,44 @@ plain-Python reference of the built-in skills."""
 
 from __future__ import annotations
 
+import signal
 import sys
 
+import psutil
 import pyarrow as pa
 import ray.cloudpickle
 
 from lhas_ray.store import ResultStore, Unit
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in protocols run inside Tune trials
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything under it (its Ray's raylet and workers), all frozen first.
+
+    Killing the group alone leaves Ray's workers, each in a process group of its own, alive for a moment: one of them could commit
+    a unit after the test has listed what the killed run committed. Frozen with SIGSTOP, none can write or fork."""
+    frozen: dict[int, psutil.Process] = {}
+    while True:
+        try:
+            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        fresh = [p for p in tree if p.pid not in frozen]
+        if not fresh:
+            break
+        for p in fresh:
+            try:
+                p.send_signal(signal.SIGSTOP)
+                frozen[p.pid] = p
+            except psutil.NoSuchProcess:
+                pass
+    for p in frozen.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(frozen.values()), timeout=30)
 
 
 def tiny_llama(seed: int = 0, vocab_size: int = 40):

@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from lhas_ray.launch import build_suites, run_experiment
 from lhas_ray.model import load_pretrained, save_pretrained
 from lhas_ray.store import ResultStore
 from lhas_ray.tasks.suite import build_suite
-from tests.helpers import micro_config, write_mc_task
+from tests.helpers import kill_tree, micro_config, write_mc_task
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +150,7 @@ def test_killed_run_resumes_without_redoing_or_duplicating(clean_run, hf_model_d
     while not os.path.exists(marker) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert os.path.exists(marker), "the run never committed stage 1"
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc.pid)
     proc.wait()
     committed_before = {
         f: os.path.getmtime(os.path.join(out, "_committed", f)) for f in os.listdir(os.path.join(out, "_committed"))

@@ -27,7 +27,7 @@ from lhas_ray.tuning.configs import best_config, trial_config, tuned_selector
 from lhas_ray.tuning.space import parse_search_space
 from lhas_ray.tuning.sweep import run_sweep
 from lhas_ray.tuning.trials import trial_concurrency
-from tests.helpers import fake_protocol, sweep_config
+from tests.helpers import fake_protocol, kill_tree, sweep_config
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stub protocol below runs inside Tune trials
 
@@ -239,7 +239,7 @@ def resumed_sweep(ray_session, tmp_path_factory):
                 break
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.wait()
     state = _tune_state(out)
     assert [s["status"] for s in state.values()].count("TERMINATED") == 1, (
