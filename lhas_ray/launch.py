@@ -30,6 +30,7 @@ from lhas_ray.progress import quiet_libraries
 from lhas_ray.protocol import pool_key, trajectory_worker
 from lhas_ray.scoring.shards import WholePoolDataConfig
 from lhas_ray.store import ResultStore, Unit, check_committed
+from lhas_ray.tasks.schema import POOL_BLOCK_ROWS
 from lhas_ray.tasks.streamed import streamed_dataset
 from lhas_ray.tasks.suite import Suite, build_suite
 from lhas_ray.tuning.trials import trial_concurrency, trial_resources, tune_callbacks, tune_storage
@@ -165,7 +166,7 @@ def fit_group(
     return trainer.fit()
 
 
-def pool_dataset(pool: pa.Table, num_workers: int, rows_per_block: int = 4096) -> ray.data.Dataset:
+def pool_dataset(pool: pa.Table, num_workers: int, rows_per_block: int = POOL_BLOCK_ROWS) -> ray.data.Dataset:
     """A pool as a materialized Ray Dataset of several blocks, so that every worker gets a share of whole blocks."""
     n_blocks = max(num_workers * 2, -(-pool.num_rows // rows_per_block))
     bounds = np.linspace(0, pool.num_rows, n_blocks + 1).astype(int)

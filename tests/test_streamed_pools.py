@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lhas_ray.config import config_from_dict
+from lhas_ray.config.sources import HFSourceConfig
 from lhas_ray.tasks import streamed
 from lhas_ray.tasks.suite import build_suite
 from tests.helpers import micro_config
@@ -85,6 +86,24 @@ def test_a_streamed_pool_holds_the_rows_the_same_files_give_in_memory(ray_sessio
     assert streamed.rows_with_ids(stage.stream, ids).column("prompt").to_pylist() == [
         mem.stages[0].pool.column("prompt")[i].as_py() for i in (0, 200, 417)
     ]
+
+
+def test_a_streamed_file_is_read_in_blocks_of_at_most_pool_block_rows(tmp_path, monkeypatch):
+    """Scoring actors receive whole blocks: one block per file would leave all but one actor idle on a one-file pool.
+    A file of 250 usable rows read 160 at a time, in blocks of at most 100: 100 and 60, then 90; rows in file order."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    words = [_word(i) for i in range(250)]
+    pq.write_table(pa.table({"q": [f"rv:{w}=" for w in words], "a": [w[::-1] for w in words]}), folder / "p.parquet")
+    spec = HFSourceConfig(path="parquet", data_files=str(folder / "p.parquet"), columns={"prompt": "q", "answer": "a"})
+    pool = streamed.scan_pool(spec, stage=1, start_id=7, heldout=[])
+    monkeypatch.setattr(streamed, "POOL_BLOCK_ROWS", 100)
+    monkeypatch.setattr(streamed, "BATCH_ROWS", 160)  # a read batch ends inside the second block
+    blocks = list(streamed._read_file(pa.table({"path": [pool.files[0]], "first_id": [7]}), pool))
+    assert [b.num_rows for b in blocks] == [100, 60, 90]
+    rows = pa.concat_tables(blocks)
+    assert rows.column("example_id").to_pylist() == list(range(7, 257))
+    assert rows.column("prompt").to_pylist() == [f"rv:{w}=" for w in words]
 
 
 @pytest.mark.parametrize(

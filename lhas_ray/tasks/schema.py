@@ -7,6 +7,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SPLITS = ("pool", "eval", "ood", "probe")
+# rows per Ray Data block of a pool: Ray Data hands whole blocks to a scoring actor, so a pool of few large blocks
+# (one per file) would be scored by one actor while the others wait
+POOL_BLOCK_ROWS = 1024
 
 EXAMPLE_SCHEMA = pa.schema(
     [

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from lhas_ray.config.sources import HFSourceConfig
 from lhas_ray.tasks.hf import to_examples, usable_rows
-from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, heldout_hashes, repeats
+from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, POOL_BLOCK_ROWS, heldout_hashes, repeats
 
 BATCH_ROWS = 65_536  # rows read at a time: bounds the reader's memory, whatever the file's row groups
 
@@ -131,9 +131,10 @@ def rows_with_ids(pool: StreamedPool, ids: np.ndarray) -> pa.Table:
 
 
 def _read_file(item: dict, pool: StreamedPool) -> Iterator[pa.Table]:
-    """Ray Data read task: one file's examples, yielded as one block per batch."""
+    """Ray Data read task: one file's examples, read a batch at a time and yielded in blocks of POOL_BLOCK_ROWS."""
     for path, first in zip(item["path"].to_pylist(), item["first_id"].to_pylist(), strict=True):
-        yield from (b for b in file_examples(pool.spec, pool.stage, path, first, pool.heldout) if b.num_rows)
+        for batch in file_examples(pool.spec, pool.stage, path, first, pool.heldout):
+            yield from (batch.slice(start, POOL_BLOCK_ROWS) for start in range(0, batch.num_rows, POOL_BLOCK_ROWS))
 
 
 def streamed_dataset(pool: StreamedPool):
