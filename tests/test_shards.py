@@ -53,3 +53,15 @@ def test_a_lazily_read_pool_streams_to_every_worker_and_every_row_once(ray_sessi
         t.join(timeout=120)
     assert sorted(ids[0] + ids[1]) == list(range(777))
     assert _split_coordinators() == before + 1
+
+
+def test_the_selected_rows_of_an_in_memory_pool_come_back_in_pool_order(ray_session):
+    """What an actor-pool run keeps of an in-memory pool: the rows of the selected ids, read block by block. A pool
+    of 3,000 rows is 3 blocks of 1,000 (1,024 rows at most); ids from every block, one repeated, one not in the pool."""
+    from lhas_ray.scoring.actor_pool import rows_with_ids
+
+    pool = pool_dataset(_pool(3000), 1)
+    assert pool.num_blocks() == 3
+    rows = rows_with_ids(pool, np.array([2500, 7, 1999, 7, 4000, 1000]))
+    assert rows.column("example_id").to_pylist() == [7, 1000, 1999, 2500]  # pool order, each row once
+    assert rows.column("prompt").to_pylist() == ["p7", "p1000", "p1999", "p2500"]

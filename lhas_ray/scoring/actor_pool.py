@@ -13,13 +13,13 @@ import tempfile
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from lhas_ray.config import ModelConfig
 from lhas_ray.model import with_adapters
 from lhas_ray.scoring.score import Scorer, features_table
 from lhas_ray.store import ResultStore
+from lhas_ray.tasks import schema
 from lhas_ray.training.checkpoint import load_checkpoint
 from lhas_ray.training.moments import load_moments
 
@@ -130,9 +130,7 @@ def score_with_actor_pool(
 
 def rows_with_ids(pool: ray.data.Dataset, ids: np.ndarray) -> pa.Table:
     """The rows of ``ids`` from an in-memory pool dataset, read block by block in this process (no Ray Data job)."""
-    wanted = pa.array(np.asarray(ids, dtype=np.int64))
-    parts = [
-        batch.filter(pc.is_in(batch.column("example_id"), value_set=wanted))
-        for batch in pool.iter_batches(batch_size=None, batch_format="pyarrow")
-    ]
-    return pa.concat_tables(parts, promote_options="default")
+    rows = schema.rows_with_ids(pool.iter_batches(batch_size=None, batch_format="pyarrow"), ids)
+    if rows is None:
+        raise RuntimeError("the pool dataset has no blocks")
+    return rows

@@ -16,6 +16,7 @@ from ray.data.dataset import MaterializedDataset
 from ray.train import DataConfig
 
 from lhas_ray.scoring.score import Scorer, features_table
+from lhas_ray.tasks.schema import rows_with_ids
 from lhas_ray.training.dist import all_gather_objects, rank, world_size
 
 ROW_COLUMNS = ["example_id", "skill", "prompt", "answer", "tags"]
@@ -66,7 +67,7 @@ def score_shard(scorer: Scorer, shard, batch_size: int, keep: tuple[str, ...] = 
 def gather_rows(mine: pa.Table, ids: np.ndarray) -> pa.Table:
     """The pool rows of ``ids`` in the order of ``ids``, on every rank, each rank giving those of its own share."""
     ids = np.asarray(ids, dtype=np.int64)
-    have = mine.filter(pc.is_in(mine.column("example_id"), value_set=pa.array(ids))) if mine.num_rows else None
+    have = rows_with_ids([mine], ids) if mine.num_rows else None
     parts = [t for t in all_gather_objects(have) if t is not None and t.num_rows]
     return in_order(pa.concat_tables(parts, promote_options="default") if parts else mine.slice(0, 0), ids)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,6 +69,13 @@ def repeats(table: pa.Table, hashes: np.ndarray) -> np.ndarray:
     if not hashes.size or not table.num_rows:
         return np.zeros(table.num_rows, dtype=bool)
     return np.isin(text_hashes(table), hashes)
+
+
+def rows_with_ids(tables: Iterable[pa.Table], ids: np.ndarray) -> pa.Table | None:
+    """The rows of ``tables`` whose example_id is one of ``ids``, in the tables' order; None when there is no table."""
+    wanted = pa.array(np.asarray(ids, dtype=np.int64))
+    parts = [t.filter(pc.is_in(t.column("example_id"), value_set=wanted)) for t in tables]
+    return pa.concat_tables(parts, promote_options="default") if parts else None
 
 
 def drop_leaks(pool: pa.Table, heldout: list[pa.Table]) -> tuple[pa.Table, int]:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lhas_ray.config.sources import HFSourceConfig
+from lhas_ray.tasks import schema
 from lhas_ray.tasks.hf import to_examples, usable_rows
 from lhas_ray.tasks.schema import EXAMPLE_SCHEMA, POOL_BLOCK_ROWS, heldout_hashes, repeats
 
@@ -125,9 +125,8 @@ def rows_at(pool: StreamedPool, positions: np.ndarray) -> pa.Table:
 
 def rows_with_ids(pool: StreamedPool, ids: np.ndarray) -> pa.Table:
     """The pool rows with these example ids, in id order, read a batch at a time (``lhas-ray export``)."""
-    wanted = pa.array(np.asarray(ids, dtype=np.int64))
-    parts = [b.filter(pc.is_in(b.column("example_id"), value_set=wanted)) for b in iter_pool(pool)]
-    return pa.concat_tables(parts) if parts else EXAMPLE_SCHEMA.empty_table()
+    rows = schema.rows_with_ids(iter_pool(pool), ids)
+    return EXAMPLE_SCHEMA.empty_table() if rows is None else rows
 
 
 def _read_file(item: dict, pool: StreamedPool) -> Iterator[pa.Table]:
