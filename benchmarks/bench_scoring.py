@@ -29,6 +29,7 @@ from lhas_ray.model import build_model, save_pretrained
 from lhas_ray.scoring.actor_pool import score_with_actor_pool
 from lhas_ray.scoring.score import Scorer
 from lhas_ray.tasks import builtin, streamed
+from lhas_ray.tasks.schema import row_slices
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
@@ -45,12 +46,6 @@ def write_pool(n: int, folder: str, rows_per_file: int = 10_000) -> list[str]:
         pq.write_table(builtin.pool(spec, 0, 2, 6), path)
         paths.append(path)
     return paths
-
-
-def batches(tables, size: int):
-    """The rows of a stream of tables, re-cut into tables of ``size`` rows (the last may be shorter)."""
-    for table in tables:
-        yield from (table.slice(start, size) for start in range(0, table.num_rows, size))
 
 
 def peak_rss_gib() -> float:
@@ -108,7 +103,8 @@ def main() -> None:
                 torch.set_num_threads(os.cpu_count())
                 scorer = Scorer(model.eval(), tok, set(args.features), max_length=cfg.max_length)
                 start = time.perf_counter()
-                base = scorer.score_batches(batches(streamed.iter_pool(pool), args.batch_size))
+                cut = (b for table in streamed.iter_pool(pool) for b in row_slices(table, args.batch_size))
+                base = scorer.score_batches(cut)
                 base_s = time.perf_counter() - start
                 assert base.num_rows == n
                 times[n] = (ray_s, base_s)
@@ -126,6 +122,9 @@ def print_marginal(times: dict[int, tuple[float, float | None]]) -> None:
         return
     small, large = min(times), max(times)
     rows = large - small
+    if times[large][0] <= times[small][0] or (times[large][1] is not None and times[large][1] <= times[small][1]):
+        print(f"between n={small} and n={large}: not measurable, the larger size took no longer (sizes too close)")
+        return
     ray_rate = rows / (times[large][0] - times[small][0])
     line = f"between n={small} and n={large}: ray data {ray_rate:8.0f} rows/s"
     if times[large][1] is not None:

@@ -16,7 +16,7 @@ from ray.data.dataset import MaterializedDataset
 from ray.train import DataConfig
 
 from lhas_ray.scoring.score import Scorer, features_table
-from lhas_ray.tasks.schema import rows_with_ids
+from lhas_ray.tasks.schema import row_slices, rows_with_ids
 from lhas_ray.training.dist import all_gather_objects, rank, world_size
 
 ROW_COLUMNS = ["example_id", "skill", "prompt", "answer", "tags"]
@@ -85,6 +85,5 @@ def score_spread(scorer: Scorer, table: pa.Table, batch_size: int) -> pa.Table:
     each rank scoring a contiguous share; the scoring model is whole on every rank, so shares need not match."""
     share = np.array_split(np.arange(table.num_rows), world_size())[rank()]
     mine = table.slice(int(share[0]), len(share)) if len(share) else table.slice(0, 0)
-    batches = [mine.slice(i, batch_size) for i in range(0, mine.num_rows, batch_size)]
-    parts = all_gather_objects([scorer.score(b) for b in batches])
+    parts = all_gather_objects([scorer.score(b) for b in row_slices(mine, batch_size)])
     return features_table([cols for rank_parts in parts for cols in rank_parts])

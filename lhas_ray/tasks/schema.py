@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -69,6 +69,11 @@ def repeats(table: pa.Table, hashes: np.ndarray) -> np.ndarray:
     if not hashes.size or not table.num_rows:
         return np.zeros(table.num_rows, dtype=bool)
     return np.isin(text_hashes(table), hashes)
+
+
+def row_slices(table: pa.Table, size: int) -> Iterator[pa.Table]:
+    """``table`` cut into consecutive zero-copy slices of ``size`` rows (the last may be shorter; none if empty)."""
+    return (table.slice(start, size) for start in range(0, table.num_rows, size))
 
 
 def rows_with_ids(tables: Iterable[pa.Table], ids: np.ndarray) -> pa.Table | None:

@@ -133,7 +133,7 @@ def _read_file(item: dict, pool: StreamedPool) -> Iterator[pa.Table]:
     """Ray Data read task: one file's examples, read a batch at a time and yielded in blocks of POOL_BLOCK_ROWS."""
     for path, first in zip(item["path"].to_pylist(), item["first_id"].to_pylist(), strict=True):
         for batch in file_examples(pool.spec, pool.stage, path, first, pool.heldout):
-            yield from (batch.slice(start, POOL_BLOCK_ROWS) for start in range(0, batch.num_rows, POOL_BLOCK_ROWS))
+            yield from schema.row_slices(batch, POOL_BLOCK_ROWS)
 
 
 def streamed_dataset(pool: StreamedPool):
