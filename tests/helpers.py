@@ -18,12 +18,14 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in 
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and everything under it (its Ray's raylet and workers), all frozen first.
 
-    Killing the group alone leaves Ray's workers, each in a process group of its own, alive for a moment: one of them could commit
-    a unit after the test has listed what the killed run committed. Frozen with SIGSTOP, none can write or fork."""
+    Killing the group alone leaves Ray's workers, each in a process group of its own, alive for a moment: one of them
+    could commit a unit after the test has listed what the killed run committed. Frozen with SIGSTOP, none can write
+    or fork."""
     frozen: dict[int, psutil.Process] = {}
     while True:
         try:
-            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
         fresh = [p for p in tree if p.pid not in frozen]
