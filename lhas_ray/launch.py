@@ -27,12 +27,12 @@ from lhas_ray.config import ConfigError, ExperimentConfig, config_from_dict, dum
 from lhas_ray.console import library_prints, log_to_folder, raylet_messages_to_log, route_library_logs, watch_units
 from lhas_ray.local_ray import start_local_ray
 from lhas_ray.progress import quiet_libraries
-from lhas_ray.protocol import pool_key, trajectory_worker
-from lhas_ray.scoring.shards import WholePoolDataConfig
+from lhas_ray.scoring.whole_pool import WholePoolDataConfig
 from lhas_ray.store import ResultStore, Unit, check_committed
-from lhas_ray.tasks.schema import POOL_BLOCK_ROWS
+from lhas_ray.tasks.schema import POOL_BLOCK_ROWS, pool_key
 from lhas_ray.tasks.streamed import streamed_dataset
 from lhas_ray.tasks.suite import Suite, build_suite
+from lhas_ray.train_entry import trajectory_worker
 from lhas_ray.tuning.trials import trial_concurrency, trial_resources, tune_callbacks, tune_storage
 
 

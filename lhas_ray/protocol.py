@@ -31,6 +31,7 @@ from lhas_ray.scoring.score import Scorer
 from lhas_ray.scoring.shards import ROW_COLUMNS, gather_rows, in_order, score_shard, score_spread
 from lhas_ray.selection import SelectionContext, get_selector
 from lhas_ray.store import WORKERS, ResultStore, Unit
+from lhas_ray.tasks.schema import pool_key
 from lhas_ray.tasks.suite import Suite
 from lhas_ray.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from lhas_ray.training.dist import broadcast_object, rank
@@ -56,11 +57,6 @@ def eval_sets(suite: Suite) -> list[EvalSet]:
 def adam_selectors(cfg: ExperimentConfig) -> set[str]:
     """Keys of the selectors that score with Adam-preconditioned gradients (less, precondition: adam)."""
     return {s.key for s in cfg.selectors if s.name == "less" and s.params.get("precondition") == "adam"}
-
-
-def pool_key(cfg: ExperimentConfig, seed: int, t: int) -> str:
-    """The Ray Dataset name of stage t's pool for trajectory seed ``seed`` (seeds that share a data draw share it)."""
-    return f"pool_d{cfg.data_seed(seed)}_{t}"
 
 
 class TrajectoryRunner:

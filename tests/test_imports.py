@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import lhas_ray
@@ -91,5 +93,18 @@ def test_the_finder_finds_a_planted_cycle():
 def test_lhas_ray_has_no_import_cycle():
     graph = import_graph()
     assert {"lhas_ray.protocol", "lhas_ray.launch", "lhas_ray.tuning.sweep", "lhas_ray.config"} <= set(graph)
-    assert "lhas_ray.protocol" in graph["lhas_ray.launch"]  # the walker sees real edges
+    assert "lhas_ray.train_entry" in graph["lhas_ray.launch"]  # the walker sees real edges,
+    assert "lhas_ray.protocol" in graph["lhas_ray.train_entry"]  # function-level ones included
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_building_a_trainer_imports_no_model_stack():
+    """The driver, each Tune trial of side-by-side groups and Ray Train's controller import ``launch``, the train
+    function's module and the dataset config's module; transformers and DeepSpeed belong to the workers only."""
+    code = (
+        "import sys, lhas_ray.launch, lhas_ray.train_entry, lhas_ray.scoring.whole_pool; "
+        "print(sorted(m for m in ('transformers', 'deepspeed', 'lhas_ray.protocol', 'lhas_ray.model') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

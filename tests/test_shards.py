@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from lhas_ray.launch import pool_dataset
-from lhas_ray.scoring.shards import WholePoolDataConfig
+from lhas_ray.scoring.whole_pool import WholePoolDataConfig
 
 
 def _pool(n: int) -> pa.Table:

@@ -1,10 +1,7 @@
 """Scoring inside the Train worker group: each worker scores its Ray Data shard of the pool, then all gather.
 
-This is the default path: the workers already hold the current model, so scoring costs no extra start-up. Ray
-Train's default split (``streaming_split(equal=True)``) drops rows to equalise shards; a pool must be scored
-whole, so ``WholePoolDataConfig`` never drops rows. A pool already in the object store (``from_arrow``) is split by
-its blocks; only a lazily read pool streams, because every ``streaming_split`` starts a coordinator actor (one more
-process per pool and run).
+This is the default path: the workers already hold the current model, so scoring costs no extra start-up. How the
+pool is split into those shards is ``scoring.whole_pool.WholePoolDataConfig``.
 """
 
 from __future__ import annotations
@@ -12,38 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from ray.data.dataset import MaterializedDataset
-from ray.train import DataConfig
 
 from lhas_ray.scoring.score import Scorer, features_table
 from lhas_ray.tasks.schema import row_slices, rows_with_ids
 from lhas_ray.training.dist import all_gather_objects, rank, world_size
 
 ROW_COLUMNS = ["example_id", "skill", "prompt", "answer", "tags"]
-
-
-class WholePoolDataConfig(DataConfig):
-    """Split every dataset across workers without dropping rows (shards may differ by a block).
-
-    A materialized dataset is split by block references (no actor; a shard can be read again after a worker group
-    restart); a lazy one (``read_parquet``) streams through ``streaming_split`` and its coordinator actor.
-    """
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = [{} for _ in range(world_size)]
-        hints = worker_node_ids if self._enable_shard_locality else None
-        for name, ds in datasets.items():
-            ds = ds.copy(ds)
-            if ds.name is None:
-                ds.set_name(name)
-            if isinstance(ds, MaterializedDataset):
-                shards = [part.iterator() for part in ds.split(world_size, equal=False)]
-            else:
-                ds.context.execution_options = self._resolve_execution_options(name)
-                shards = ds.streaming_split(world_size, equal=False, locality_hints=hints)
-            for i, shard in enumerate(shards):
-                output[i][name] = shard
-        return output
 
 
 def score_shard(scorer: Scorer, shard, batch_size: int, keep: tuple[str, ...] = ()) -> tuple[pa.Table, pa.Table]:

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+if TYPE_CHECKING:
+    from lhas_ray.config import ExperimentConfig
+
 SPLITS = ("pool", "eval", "ood", "probe")
 # rows per Ray Data block of a pool: Ray Data hands whole blocks to a scoring actor, so a pool of few large blocks
 # (one per file) would be scored by one actor while the others wait
 POOL_BLOCK_ROWS = 1024
+
+
+def pool_key(cfg: ExperimentConfig, seed: int, t: int) -> str:
+    """The Ray Dataset name of stage t's pool for trajectory seed ``seed`` (seeds that share a data draw share it)."""
+    return f"pool_d{cfg.data_seed(seed)}_{t}"
 
 EXAMPLE_SCHEMA = pa.schema(
     [
