@@ -73,10 +73,11 @@ TARGETS = {1: 1.5, 10: 1.2}  # issue 14: the ratio at the base size, and with st
 
 
 def bench_config(
-    steps: int, selectors: list[str], quick: bool, workers: int = 1, cpus_per_worker: float = 2
+    steps: int, selectors: list[str], quick: bool, workers: int = 1, cpus_per_worker: float = 2, groups: int = 1
 ) -> ExperimentConfig:
-    """The issue-14 config (``--quick``: pools, sets, warm-up and probes shrunk for a correctness check); ``workers``
-    x ``cpus_per_worker`` is the Train layout of the lhas-ray side (the plain side is one process either way)."""
+    """The issue-14 config (``--quick``: pools, sets, warm-up and probes shrunk for a correctness check); ``groups``
+    trajectory groups side by side of ``workers`` x ``cpus_per_worker`` each is the layout of the lhas-ray side (the
+    plain side is one process either way)."""
     pool = {"size": 200 if quick else 2000, "target_share": 0.3, "related_share": 0.4, "noise": 0.1}
     sizes = {"eval_size": 32, "probe_size": 32} if quick else {}
     stage = {"budget": 64 if quick else 400, "pool": pool, "ood": [], **sizes}
@@ -87,6 +88,7 @@ def bench_config(
         "stages": [{"name": s, "targets": [s], **stage} for s in ("reverse", "sort_reverse", "sort")],
         "selectors": [{"name": name} for name in selectors],
         "seeds": [0],
+        "ray": {"concurrent_trajectories": groups},
         "training": {
             "steps": steps,
             "lr": 3e-3,
@@ -271,7 +273,8 @@ def cli() -> list[str]:
 
 
 def ray_run(cfg: ExperimentConfig, folder: Path, report: bool) -> tuple[float, dict[str, float], pd.DataFrame]:
-    """``lhas-ray run`` in a subprocess: (wall seconds, seconds per phase from timings.parquet, metrics)."""
+    """``lhas-ray run`` in a subprocess: (wall seconds, seconds per phase from timings.parquet, metrics). With groups
+    side by side, a phase's seconds are the mean over the groups (Ray's start, booked once, is taken whole)."""
     config = folder / "bench_e2e.yaml"
     config.write_text(dump_config(cfg))
     out, console = folder / "lhas_ray_run", folder / "lhas_ray_console.txt"
@@ -284,7 +287,9 @@ def ray_run(cfg: ExperimentConfig, folder: Path, report: bool) -> tuple[float, d
         raise SystemExit(f"bench_e2e: lhas-ray run failed (exit {rc}); see {console} and {out}/logs/")
     store = ResultStore(str(out))
     timings = store.read_table("timings").to_pandas()
-    return wall, timings.groupby("phase")["seconds"].sum().to_dict(), store.read_table("metrics").to_pandas()
+    groups = cfg.ray.concurrent_trajectories
+    seconds = {p: v if p == "ray_start" else v / groups for p, v in timings.groupby("phase")["seconds"].sum().items()}
+    return wall, seconds, store.read_table("metrics").to_pandas()
 
 
 # --- the printout ----------------------------------------------------------------------------------------------
@@ -330,6 +335,8 @@ def report(cfg, args, results: dict, loads: list[str]) -> dict:
     print(f"\nper-phase seconds (steps {cfg.training.steps} a stage, scale {args.scale}):\n{phase_table(results)}")
     print("  start-up: plain = this script's imports; lhas-ray = ray_start + worker_start (Train workers up)")
     print("  outside the phases: wall - sum(phases) (process start, suite build, Ray Data set-up, shutdown)")
+    if cfg.ray.concurrent_trajectories > 1:
+        print(f"  lhas-ray phases: the mean over its {cfg.ray.concurrent_trajectories} groups, which run side by side")
     figures = {name: {"wall": res[0], "phases": res[1]} for name, (res, _) in results.items()}
     if len(results) == 2:
         ratio = results["lhas-ray"][0][0] / results["plain"][0][0]
@@ -356,17 +363,26 @@ def main() -> None:
     p.add_argument(
         "--cpus-per-worker", type=float, default=cores(), help="CPUs (torch threads) per Train worker (default: cores)"
     )
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="trajectory groups side by side on the lhas-ray side (ray.concurrent_trajectories; 2 with "
+        "--cpus-per-worker 1: one single-thread worker per selector, the demo's layout)",
+    )
     p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
     args = p.parse_args()
-    cfg = bench_config(args.steps * args.scale, args.selectors, args.quick, args.workers, args.cpus_per_worker)
+    cfg = bench_config(
+        args.steps * args.scale, args.selectors, args.quick, args.workers, args.cpus_per_worker, args.groups
+    )
     folder = Path(args.out).resolve() / time.strftime("run-%Y%m%d-%H%M%S")
     folder.mkdir(parents=True)
     print(
         f"bench_e2e: {len(cfg.selectors)} selectors x {len(cfg.seeds)} seed x {len(cfg.stages)} stages, "
         f"{cfg.training.steps} steps a stage, warm-up {cfg.training.warmup.steps}, probes {cfg.probe.steps}; "
-        f"{cores()} cores, plain on {args.threads} threads, lhas-ray on {cfg.training.num_workers} Train workers x "
-        f"{cfg.training.cpus_per_worker:g} CPUs; output {folder}",
+        f"{cores()} cores, plain on {args.threads} threads, lhas-ray on {cfg.ray.concurrent_trajectories} group(s) of "
+        f"{cfg.training.num_workers} Train workers x {cfg.training.cpus_per_worker:g} CPUs; output {folder}",
         flush=True,
     )
     loads, results = [load_line("before")], {}
