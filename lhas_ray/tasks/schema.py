@@ -22,6 +22,7 @@ def pool_key(cfg: ExperimentConfig, seed: int, t: int) -> str:
     """The Ray Dataset name of stage t's pool for trajectory seed ``seed`` (seeds that share a data draw share it)."""
     return f"pool_d{cfg.data_seed(seed)}_{t}"
 
+
 EXAMPLE_SCHEMA = pa.schema(
     [
         pa.field("example_id", pa.int64(), nullable=False),  # unique within a run
