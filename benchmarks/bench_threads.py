@@ -34,11 +34,9 @@ SPINNER = (
 )
 
 
-def step_ms(threads: int, steps: int) -> float:
-    """Mean milliseconds per training step of the demo model on ``threads`` torch threads."""
+def step_ms(cfg, rows, threads: int, steps: int) -> float:
+    """Mean milliseconds per training step of the demo model on ``threads`` torch threads (a fresh model each call)."""
     torch.set_num_threads(threads)
-    cfg = load_config("demo", [])
-    rows = build_suite(cfg, 0).stages[0].pool.slice(0, 400)
     model, tok = build_model(cfg.model, 0)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr)
     tokens = tokenize(tok, rows.column("prompt").to_pylist(), rows.column("answer").to_pylist())
@@ -63,12 +61,14 @@ def main() -> None:
     p.add_argument("--background", type=float, default=0.4, help="cores of other load beside the loop")
     args = p.parse_args()
     spinners = round(args.background * PERIOD_S / BUSY_S)
+    cfg = load_config("demo", [])
+    rows = build_suite(cfg, 0).stages[0].pool.slice(0, 400)  # built once: every case trains on the same rows
     results = {}
     for load in (0, spinners):
         procs = [subprocess.Popen([sys.executable, "-c", SPINNER]) for _ in range(load)]
         try:
             for threads in (1, 2):
-                results[threads, load] = step_ms(threads, args.steps)
+                results[threads, load] = step_ms(cfg, rows, threads, args.steps)
         finally:
             for proc in procs:
                 proc.kill()
