@@ -217,12 +217,12 @@ def _tiny_llama(folder: str) -> str:
     return save_pretrained(LlamaForCausalLM(config), tok, folder)
 
 
-@pytest.mark.parametrize("zero_stage", [3])
+@pytest.mark.parametrize("zero_stage", [0, 3])
 def test_hf_dataset_stages_with_lora_and_token_accuracy(ray_session, tmp_path, zero_stage):
     """Stages read from jsonl files through `datasets`, a Llama-family model with LoRA adapters, next-token accuracy;
-    under ZeRO-3 (cluster_llm.yaml), whose partitioned parameters must be gathered whole and the adapters merged on
-    save (the suite's ZeRO-3 end-to-end run). ZeRO-2 keeps whole parameters on every rank, so its save is the plain
-    merge test_lora.py checks; every other protocol test trains under ZeRO-2."""
+    under ZeRO-0 (real_text.yaml's layout: whole parameters on every rank, saved by the plain merge test_lora.py
+    checks) and ZeRO-3 (cluster_llm.yaml), whose partitioned parameters must be gathered whole and the adapters
+    merged on save. Every other protocol test trains the tiny GPT-2 under the default ZeRO-0."""
     import json
 
     rng = np.random.default_rng(0)
